@@ -1,0 +1,152 @@
+"""Rebuild the whole toy world from seeds: splits, tokenizer, base model, four LoRA bricks, a library.
+
+Everything is written under a staging folder and renamed into place at the end, so an interrupted or
+failed build leaves the previous world untouched. Pre-training checkpoints live in a work folder beside
+the output, so an interrupted build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from bricks.evaluation import exact_match_by_skill
+from bricks.fingerprint import model_fingerprint
+from bricks.library import Library
+from bricks.manifest import BaseModelRef
+from bricks.model_io import load_model, load_tokenizer
+from bricks.rows import read_rows
+from bricks.toyworld.dataset import DatasetSizes, split_path, write_splits
+from bricks.toyworld.pretrain import PretrainConfig, pretrain
+from bricks.toyworld.skills import EMERGENT_SKILLS, LORA_SKILLS, SKILLS
+from bricks.toyworld.tokenizer import build_tokenizer
+from bricks.training.export import write_lora_brick
+from bricks.training.lora import LoraTrainConfig, train_lora
+
+__all__ = ["BuildConfig", "build_world", "TOY_MODEL_NAME"]
+
+log = logging.getLogger(__name__)
+
+TOY_MODEL_NAME = "brickwork/toy-llama"
+Progress = Callable[[str, int, int, float | None], None]
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything that determines a toy world; the same config and seed give the same world."""
+
+    seed: int = 0
+    sizes: DatasetSizes = field(default_factory=DatasetSizes)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    lora: LoraTrainConfig = field(default_factory=LoraTrainConfig)
+
+    @classmethod
+    def quick(cls, seed: int = 0) -> "BuildConfig":
+        """A CI-sized run of the same pipeline (seconds): tiny data, a few dozen steps."""
+        return cls(seed, DatasetSizes.quick(), PretrainConfig(steps=30, batch_size=16, warmup=5, seed=seed,
+                                                              checkpoint_every=15),
+                   LoraTrainConfig(max_steps=10, batch_size=16, warmup=2, eval_every=5, seed=seed))
+
+
+def _evaluate(model, tokenizer, rows) -> dict[str, float]:
+    return {k: round(v.accuracy, 4) for k, v in exact_match_by_skill(model, tokenizer, rows).items()}
+
+
+def _rows_of(rows, skills) -> list[dict]:
+    return [r for r in rows if len(r["skills"]) == 1 and r["skills"][0] in skills]
+
+
+def _noop(stage: str, done: int, total: int, loss: float | None) -> None:
+    pass
+
+
+def build_world(out: Path, cfg: BuildConfig = BuildConfig(), *, progress: Progress = _noop,
+                work_dir: Path | None = None) -> dict:
+    """Build the toy world into `out` and return its report (also written to `out/report.json`)."""
+    import torch
+
+    out = Path(out)
+    work = Path(work_dir) if work_dir else out.with_name(out.name + ".work")
+    stage = work / "stage"
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    torch.manual_seed(cfg.seed)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    written = write_splits(stage / "data", seed=cfg.seed, sizes=cfg.sizes)
+    timings["data_s"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    model_dir = stage / "model"
+    tokenizer = build_tokenizer(model_dir)
+    pcfg = replace(cfg.pretrain, seed=cfg.seed)
+    model = pretrain(work / "pretrain", tokenizer, pcfg, on_step=lambda s, n, loss: progress("pretrain", s, n, loss))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(str(model_dir), safe_serialization=True)
+    timings["pretrain_s"] = time.perf_counter() - t
+
+    test_rows = [r.as_dict() for r in read_rows(split_path(stage / "data", "single", "test"))]
+    base_scores = _evaluate(model, tokenizer, test_rows)
+    progress("evaluate base", 1, 1, None)
+    base_ref = BaseModelRef(name=TOY_MODEL_NAME, fingerprint=model_fingerprint(model_dir))
+    base_examples = [p for s in EMERGENT_SKILLS for p in SKILLS[s].phrasings]
+    library = Library.create(stage / "library", base_model=base_ref, base_examples=base_examples)
+
+    train_rows = read_rows(split_path(stage / "data", "single", "train"))
+    bricks_report = {}
+    t = time.perf_counter()
+    for skill_id in LORA_SKILLS:
+        tl = time.perf_counter()
+        rows = [r for r in train_rows if r.skills == (skill_id,)]
+        base = load_model(model_dir)
+        result = train_lora(base, tokenizer, rows, replace(cfg.lora, seed=cfg.seed),
+                            on_step=lambda s, n, loss, k=skill_id: progress(f"lora {k}", s, n, loss))
+        own = _evaluate(result.model, tokenizer, _rows_of(test_rows, {skill_id}))[skill_id]
+        others = _evaluate(result.model, tokenizer, _rows_of(test_rows, EMERGENT_SKILLS))
+        skill = SKILLS[skill_id]
+        metrics = {"exact_match_test": own, "exact_match_holdout": round(result.holdout_accuracy, 4),
+                   "train_steps": float(result.steps),
+                   **{f"interference_{k}": round(v - base_scores[k], 4) for k, v in others.items()}}
+        brick_dir = work / "bricks" / skill_id
+        if brick_dir.exists():
+            shutil.rmtree(brick_dir)
+        write_lora_brick(result.model, brick_dir, brick_id=skill_id, description=skill.description,
+                         examples=skill.phrasings, base_model=base_ref, metrics=metrics, skills=[skill_id])
+        library.add(brick_dir)
+        shutil.rmtree(brick_dir)
+        bricks_report[skill_id] = {"exact_match_test": own, "with_brick_on_emergent": others,
+                                   "steps": result.steps, "seconds": round(time.perf_counter() - tl, 1)}
+        progress("evaluate bricks", len(bricks_report), len(LORA_SKILLS), None)
+    timings["lora_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+
+    report = {
+        "seed": cfg.seed, "config": asdict(cfg), "rows": written,
+        "base_model": {"name": base_ref.name, "fingerprint": base_ref.fingerprint,
+                       "parameters": sum(p.numel() for p in model.parameters())},
+        "base_exact_match_test": base_scores, "bricks": bricks_report,
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+    }
+    (stage / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    _swap_into_place(stage, out)
+    report["size_bytes"] = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    return report
+
+
+def _swap_into_place(stage: Path, out: Path) -> None:
+    old = out.with_name(out.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(stage, out)
+    if old.exists():
+        shutil.rmtree(old)

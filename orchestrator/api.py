@@ -1,0 +1,176 @@
+"""The Python API: `Orchestrator.from_pretrained(...)`, then `plan`, `run`, `run_plan` and `run_batch`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from bricks.prompt import DEFAULT_TEMPLATE, PromptTemplate
+from orchestrator.executor import Executor, GenerationRequest
+from orchestrator.plan import Decoding, Plan
+from orchestrator.planner import Planner
+from orchestrator.result import Result, StepTrace
+
+__all__ = ["Orchestrator", "library_documents", "index_fingerprint"]
+
+log = logging.getLogger(__name__)
+
+
+def library_documents(library) -> list:
+    """What the brick index holds: each brick's description and examples, and the base model's own skills."""
+    from index import BrickDocument
+    from policies import BASE_KEY
+
+    docs = [BrickDocument(key=b.key, texts=(b.manifest.description, *b.manifest.examples)) for b in library.list()]
+    if library.base_examples:
+        docs.append(BrickDocument(key=BASE_KEY, texts=tuple(library.base_examples)))
+    return docs
+
+
+def index_fingerprint(library) -> str:
+    """Changes whenever the bricks or the base model's listed skills change: a stale index is rebuilt."""
+    payload = json.dumps([library.fingerprint(), list(library.base_examples)])
+    return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _open_index(library, embedder):
+    from index import BrickIndex, open_or_build
+
+    folder = Path(library.path) / "index"
+    fingerprint = index_fingerprint(library)
+    try:
+        index, rebuilt = open_or_build(folder, lambda: library_documents(library), embedder, fingerprint)
+        if rebuilt:
+            log.info("brick index rebuilt at %s", folder)
+        return index
+    except OSError as e:  # a read-only library (e.g. installed in site-packages): keep the index in memory
+        log.warning("cannot write the brick index beside the library (%s); using an in-memory index", e)
+        return BrickIndex.build(library_documents(library), embedder, source_fingerprint=fingerprint)
+
+
+class Orchestrator:
+    """A base model plus a brick library, planned by a Planner and run by an Executor."""
+
+    def __init__(self, planner: Planner, executor: Executor, *, template: PromptTemplate = DEFAULT_TEMPLATE,
+                 model_dir: Path | None = None) -> None:
+        self.planner = planner
+        self.executor = executor
+        self.template = template
+        self.model_dir = model_dir
+
+    @classmethod
+    def from_pretrained(cls, model: str | Path | None = None, library: str | Path | None = None,
+                        executor: str = "transformers", *, embedder=None, routing=None, decomposer=None,
+                        decoding: Decoding = Decoding(), template: PromptTemplate = DEFAULT_TEMPLATE,
+                        **executor_options) -> "Orchestrator":
+        """Open a model folder and a library (None for either: the toy world's) and start an executor."""
+        from bricks.library import Library
+        from bricks.toyworld.paths import world_library_dir, world_model_dir
+
+        model_dir = Path(model) if model is not None else world_model_dir()
+        lib = Library.open(Path(library) if library is not None else world_library_dir())
+        if embedder is None:
+            from index import SentenceTransformerEmbedder
+
+            embedder = SentenceTransformerEmbedder()
+        index = _open_index(lib, embedder)
+        planner = Planner(lib, index, routing=routing, decomposer=decomposer, decoding=decoding)
+        if executor == "transformers":
+            from orchestrator.transformers_executor import TransformersExecutor
+
+            engine: Executor = TransformersExecutor(model_dir, lib, **executor_options)
+        else:
+            raise ValueError(f"unknown executor {executor!r}; expected 'transformers'")
+        return cls(planner, engine, template=template, model_dir=model_dir)
+
+    # -- planning ---------------------------------------------------------------------------------------
+    def plan(self, instruction: object, input: object = None) -> Plan:
+        """The plan for one instruction, without running it."""
+        return self.planner.plan(instruction, input)
+
+    # -- running ----------------------------------------------------------------------------------------
+    def run(self, instruction: object, input: object = None) -> Result:
+        """Plan and run one instruction."""
+        t0 = time.perf_counter()
+        plan = self.plan(instruction, input)
+        plan_ms = (time.perf_counter() - t0) * 1000
+        return self._run_plans([plan], [plan_ms])[0]
+
+    def run_plan(self, plan: Plan) -> Result:
+        """Run a given plan (e.g. one read back with `Plan.from_json`)."""
+        return self._run_plans([plan], [0.0])[0]
+
+    def run_batch(self, rows: Iterable[Mapping | Sequence | str]) -> list[Result]:
+        """Plan and run many tasks together: steps of the same depth across all tasks share batches.
+
+        Each row is a mapping with `instruction` (and optional `input`), an (instruction, input) pair, or a
+        bare instruction.
+        """
+        tasks = []
+        for row in rows:
+            if isinstance(row, Mapping):
+                tasks.append((row.get("instruction"), row.get("input")))
+            elif isinstance(row, (str, bytes)):
+                tasks.append((row, None))
+            else:
+                tasks.append((row[0], row[1] if len(row) > 1 else None))
+        t0 = time.perf_counter()
+        plans = self.planner.plan_many(tasks)
+        per_plan_ms = (time.perf_counter() - t0) * 1000 / max(1, len(plans))
+        return self._run_plans(plans, [per_plan_ms] * len(plans))
+
+    def _render(self, plan: Plan, i: int, text: str) -> str:
+        step = plan.steps[i]
+        template = PromptTemplate(step.prompt_template) if step.prompt_template else self.template
+        return template.render(step.instruction, text)
+
+    def _run_plans(self, plans: Sequence[Plan], plan_ms: Sequence[float]) -> list[Result]:
+        outputs: list[list[str | None]] = [[None] * len(p.steps) for p in plans]
+        inputs: list[list[str]] = [[""] * len(p.steps) for p in plans]
+        timing: list[list[dict[str, float]]] = [[{} for _ in p.steps] for p in plans]
+        waves = [p.waves() for p in plans]
+        t_run = time.perf_counter()
+        depth = 0
+        while True:  # one wave: every step whose input is ready, across all plans, in one executor call
+            ready = [(pi, si) for pi, w in enumerate(waves) if depth < len(w) for si in w[depth]]
+            if not ready:
+                break
+            requests = []
+            for pi, si in ready:
+                src = plans[pi].steps[si].input_from
+                inputs[pi][si] = plans[pi].input if src is None else (outputs[pi][src] or "")
+                requests.append(GenerationRequest(self._render(plans[pi], si, inputs[pi][si]),
+                                                  plans[pi].steps[si].config, plans[pi].steps[si].decoding))
+            t = time.perf_counter()
+            texts = self.executor.generate(requests)
+            wave_ms = (time.perf_counter() - t) * 1000
+            for (pi, si), text in zip(ready, texts):
+                outputs[pi][si] = text.strip()
+                timing[pi][si] = {"generate_ms": round(wave_ms, 3), "batch_size": float(len(requests))}
+            depth += 1
+        run_ms = (time.perf_counter() - t_run) * 1000
+        results = []
+        for pi, plan in enumerate(plans):
+            steps = tuple(
+                StepTrace(index=si, instruction=s.instruction, input=inputs[pi][si], output=outputs[pi][si] or "",
+                          bricks=s.config.bricks, route=s.route, timings_ms=timing[pi][si])
+                for si, s in enumerate(plan.steps)
+            )
+            results.append(Result(instruction=plan.instruction, input=plan.input, output=steps[-1].output, plan=plan,
+                                  steps=steps, timings_ms={"plan_ms": round(plan_ms[pi], 3),
+                                                           "run_ms": round(run_ms, 3)}))
+        return results
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def close(self) -> None:
+        self.executor.close()
+
+    def __enter__(self) -> "Orchestrator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,176 @@
+"""The `brickwork` command line: run, plan, bricks, index, info (and toyworld, eval from cli_world)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="brickwork: an LLM configured out of bricks.")
+bricks_app = typer.Typer(no_args_is_help=True, help="Inspect the bricks of a library.")
+index_app = typer.Typer(no_args_is_help=True, help="Build the brick index of a library.")
+app.add_typer(bricks_app, name="bricks")
+app.add_typer(index_app, name="index")
+
+ModelOpt = typer.Option(None, "--model", help="HF model folder (default: the toy world's model).")
+LibraryOpt = typer.Option(None, "--library", help="Brick library folder (default: the toy world's library).")
+
+
+def fail(message: str) -> None:
+    """Print one line to stderr and exit with status 2."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def user_errors():
+    """The exception types that are the user's input being wrong (reported in one line, exit 2)."""
+    return (ValueError, FileNotFoundError, FileExistsError, KeyError, UnicodeDecodeError)
+
+
+def _orchestrator(model, library, executor: str):
+    from orchestrator.api import Orchestrator
+
+    return Orchestrator.from_pretrained(model, library, executor)
+
+
+def _emit_result(result, as_json: bool) -> None:
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"plan: {len(result.steps)} step(s)")
+    for col in ("#", "instruction", "input", "bricks", "output"):
+        table.add_column(col)
+    for s in result.steps:
+        bricks = ", ".join(f"{b.key} ({b.score:.2f})" if b.score is not None else b.key for b in s.bricks) or "base"
+        table.add_row(str(s.index), s.instruction, s.input, bricks, s.output)
+    console.print(table)
+    console.print(f"[bold]output:[/bold] {result.output}")
+
+
+@app.command()
+def run(instruction: Optional[str] = typer.Argument(None, help="What to do."),
+        input: str = typer.Option("", "--input", "-i", help="The task's input text."),
+        plan_file: Optional[Path] = typer.Option(None, "--plan", help="Run this plan JSON instead of planning."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt,
+        executor: str = typer.Option("transformers", "--executor", help="transformers")) -> None:
+    """Plan and run an instruction; print the answer and the plan."""
+    from orchestrator.plan import Plan
+
+    try:
+        plan = Plan.from_json(plan_file.read_bytes()) if plan_file else None
+        if plan is None and instruction is None:
+            fail("give an INSTRUCTION or --plan FILE")
+        with _orchestrator(model, library, executor) as orc:
+            result = orc.run_plan(plan) if plan else orc.run(instruction, input)
+    except user_errors() as e:
+        fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    _emit_result(result, as_json)
+
+
+@app.command()
+def plan(instruction: str = typer.Argument(..., help="What to do."),
+         input: str = typer.Option("", "--input", "-i"),
+         as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+         library: Optional[Path] = LibraryOpt) -> None:
+    """Print the plan for an instruction without running any model."""
+    from orchestrator.factory import open_planner
+
+    try:
+        result = open_planner(library).plan(instruction, input)
+    except user_errors() as e:
+        fail(str(e))
+    if as_json:
+        typer.echo(result.to_json(indent=2))
+        return
+    for i, step in enumerate(result.steps):
+        bricks = ", ".join(b.key for b in step.config.bricks) or "base"
+        src = "task input" if step.input_from is None else f"step {step.input_from}"
+        typer.echo(f"{i}. {step.instruction}  [{bricks}]  <- {src}  ({step.route})")
+
+
+@bricks_app.command("list")
+def bricks_list(library: Optional[Path] = LibraryOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+    """List the bricks of a library."""
+    from orchestrator.factory import open_library
+
+    try:
+        lib = open_library(library)
+    except user_errors() as e:
+        fail(str(e))
+    rows = [{"id": b.id, "version": b.version, "kind": b.kind, "description": b.manifest.description,
+             "metrics": b.manifest.metrics} for b in lib.list()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        typer.echo(f"{r['id']}@{r['version']}  {r['kind']:8}  {r['description']}")
+    for folder, reason in lib.skipped:
+        typer.echo(f"skipped {folder}: {reason}", err=True)
+
+
+@bricks_app.command("show")
+def bricks_show(brick_id: str = typer.Argument(...), library: Optional[Path] = LibraryOpt) -> None:
+    """Print a brick's manifest."""
+    from orchestrator.factory import open_library
+
+    try:
+        brick = open_library(library).get(brick_id)
+    except user_errors() as e:
+        fail(str(e))
+    typer.echo(brick.manifest.model_dump_json(indent=2))
+
+
+@index_app.command("build")
+def index_build(library: Optional[Path] = LibraryOpt) -> None:
+    """(Re)build the brick index of a library and save it beside the library."""
+    from index import BrickIndex, SentenceTransformerEmbedder, save
+    from orchestrator.api import index_fingerprint, library_documents
+    from orchestrator.factory import open_library
+
+    try:
+        lib = open_library(library)
+        docs = library_documents(lib)
+        idx = BrickIndex.build(docs, SentenceTransformerEmbedder(), source_fingerprint=index_fingerprint(lib))
+        save(idx, Path(lib.path) / "index")
+    except user_errors() as e:
+        fail(str(e))
+    typer.echo(f"indexed {len(docs)} documents ({len(idx)} vectors) into {Path(lib.path) / 'index'}")
+
+
+@app.command()
+def info(as_json: bool = typer.Option(False, "--json"), model: Optional[Path] = ModelOpt,
+         library: Optional[Path] = LibraryOpt) -> None:
+    """Which model, library, index and embedder brickwork uses, and where they live."""
+    from orchestrator.factory import describe
+
+    try:
+        data = describe(model, library)
+    except user_errors() as e:
+        fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        for k, v in data.items():
+            typer.echo(f"{k:14} {v}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from orchestrator import cli_world  # noqa: F401  (registers toyworld and eval)
+
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

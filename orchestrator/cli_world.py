@@ -1,0 +1,135 @@
+"""CLI commands for the toy world and for evaluation: `brickwork toyworld build`, `brickwork eval`."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from orchestrator.cli import LibraryOpt, ModelOpt, app, fail, user_errors
+
+__all__ = ["toyworld_app"]
+
+toyworld_app = typer.Typer(no_args_is_help=True, help="Build the toy world (model, data, bricks) from seeds.")
+app.add_typer(toyworld_app, name="toyworld")
+
+
+@toyworld_app.command("build")
+def toyworld_build(out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: the shipped world)."),
+                   quick: bool = typer.Option(False, "--quick", help="A CI-sized run of the same pipeline."),
+                   seed: int = typer.Option(0, "--seed"),
+                   work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Checkpoints (for resuming).")) -> None:
+    """Regenerate the toy world: splits, tokenizer, base model, LoRA bricks, library and index."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from bricks.toyworld.build import BuildConfig, build_world
+    from bricks.toyworld.paths import WORLD_DIR
+
+    cfg = BuildConfig.quick(seed) if quick else BuildConfig(seed=seed)
+    target = out or WORLD_DIR
+    tasks: dict[str, int] = {}
+    t0 = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn()) as bar:
+        def progress(stage: str, done: int, total: int, loss: float | None) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total, loss="")
+            bar.update(tasks[stage], completed=done, loss=f"loss {loss:.4f}" if loss is not None else "")
+
+        try:
+            report = build_world(target, cfg, progress=progress, work_dir=work_dir)
+        except user_errors() as e:
+            fail(str(e))
+    _index_world(target)
+    typer.echo(json.dumps({"out": str(target), "seconds": round(time.perf_counter() - t0, 1),
+                           "size_bytes": report["size_bytes"], "base_exact_match_test": report["base_exact_match_test"],
+                           "bricks": {k: v["exact_match_test"] for k, v in report["bricks"].items()}}, indent=2))
+
+
+def _index_world(world: Path) -> None:
+    """Ship the library with its index built, so a first run does not embed anything."""
+    from orchestrator.factory import open_planner
+
+    open_planner(world / "library")
+
+
+@app.command("eval")
+def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt,
+             brick: Optional[str] = typer.Option(None, "--brick", help="A brick id of the library, or a brick folder."),
+             split: str = typer.Option("test", "--split", help="train | validation | test (toy world splits)."),
+             kind: str = typer.Option("single", "--kind", help="single | compound (toy world splits)."),
+             data: Optional[Path] = typer.Option(None, "--data", help="A JSONL of rows instead of a toy world split."),
+             skills: Optional[str] = typer.Option(None, "--skills", help="Comma-separated skill ids to keep."),
+             limit: int = typer.Option(0, "--limit", help="At most this many rows per skill (0: all)."),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON for machines.")) -> None:
+    """Exact-match accuracy per skill, for the base model alone or with one LoRA brick."""
+    from bricks.evaluation import exact_match_by_skill
+    from bricks.model_io import load_model, load_tokenizer
+    from bricks.rows import read_rows
+    from bricks.toyworld.dataset import split_path
+    from bricks.toyworld.paths import world_data_dir, world_model_dir
+    from bricks.toyworld.skills import get_skill
+
+    try:
+        if split not in ("train", "validation", "test") or kind not in ("single", "compound"):
+            fail(f"unknown split/kind {split!r}/{kind!r}; expected train|validation|test and single|compound")
+        wanted = [get_skill(s.strip()).id for s in skills.split(",")] if skills else None
+        path = data or split_path(world_data_dir(), kind, split)  # type: ignore[arg-type]
+        rows = [r.as_dict() for r in read_rows(path)]
+        if wanted:
+            rows = [r for r in rows if set(r["skills"]) & set(wanted)]
+        if limit:
+            counts: Counter[str] = Counter()
+            kept = []
+            for r in rows:
+                counts["+".join(r["skills"])] += 1
+                if counts["+".join(r["skills"])] <= limit:
+                    kept.append(r)
+            rows = kept
+        model_dir = model or world_model_dir()
+        tokenizer, net = load_tokenizer(model_dir), load_model(model_dir)
+        brick_path = _brick_path(brick, library, net) if brick else None
+        if brick_path:
+            from peft import PeftModel
+
+            net = PeftModel.from_pretrained(net, str(brick_path), is_trainable=False).eval()
+        scores = exact_match_by_skill(net, tokenizer, rows, max_new_tokens=40)
+    except user_errors() as e:
+        fail(str(e))
+    payload = {"model": str(model_dir), "brick": str(brick_path) if brick_path else None, "data": str(path),
+               "scores": {k: {"correct": v.correct, "total": v.total, "accuracy": round(v.accuracy, 4)}
+                          for k, v in scores.items()}}
+    if as_json:
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"exact match: {payload['brick'] or 'base model'} on {path.name}")
+    for col in ("skill", "correct", "total", "accuracy"):
+        table.add_column(col)
+    for k, v in scores.items():
+        table.add_row(k, str(v.correct), str(v.total), f"{v.accuracy:.1%}")
+    Console().print(table)
+
+
+def _brick_path(brick: str, library: Optional[Path], model) -> Path:
+    """A brick folder, from a path or from an id in the library, validated against the model."""
+    from bricks.library import Brick
+    from bricks.lora import LoraBrick
+    from bricks.manifest import BrickManifest
+    from orchestrator.factory import open_library
+
+    folder = Path(brick)
+    if (folder / "brick.json").is_file():
+        found = Brick(manifest=BrickManifest.from_file(folder / "brick.json"), path=folder.resolve())
+    else:
+        found = open_library(library).get(brick)
+    if found.kind != "lora":
+        fail(f"brick {brick!r} is of kind {found.kind}; eval applies LoRA bricks")
+    LoraBrick.from_dir(found.path, found.manifest).check_fits(model.config)
+    return found.path

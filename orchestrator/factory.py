@@ -1,0 +1,50 @@
+"""Opening the default pieces (library, planner) and describing them, for the CLI and the API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["open_library", "open_planner", "describe"]
+
+
+def open_library(library: Path | None = None):
+    from bricks.library import Library
+    from bricks.toyworld.paths import world_library_dir
+
+    return Library.open(Path(library) if library is not None else world_library_dir())
+
+
+def open_planner(library: Path | None = None, *, embedder=None, routing=None, decomposer=None):
+    """A Planner over a library and its (fresh or rebuilt) index; loads no model."""
+    from orchestrator.api import _open_index
+    from orchestrator.planner import Planner
+
+    lib = open_library(library)
+    if embedder is None:
+        from index import SentenceTransformerEmbedder
+
+        embedder = SentenceTransformerEmbedder()
+    return Planner(lib, _open_index(lib, embedder), routing=routing, decomposer=decomposer)
+
+
+def describe(model: Path | None = None, library: Path | None = None) -> dict[str, object]:
+    """Where the model, library, index and embedder are, and what they hold."""
+    from importlib.metadata import version
+
+    from bricks.model_io import check_model_dir
+    from bricks.toyworld.paths import world_model_dir
+    from index import SentenceTransformerEmbedder
+
+    lib = open_library(library)
+    model_dir = check_model_dir(Path(model) if model is not None else world_model_dir())
+    embedder = SentenceTransformerEmbedder()
+    index_dir = Path(lib.path) / "index"
+    return {
+        "brickwork": version("brickwork"),
+        "model": str(model_dir),
+        "base_model": f"{lib.base_model.name} {lib.base_model.fingerprint}",
+        "library": str(lib.path),
+        "bricks": len(lib.list()),
+        "index": str(index_dir) + ("" if (index_dir / "index.json").exists() else " (not built yet)"),
+        "embedder": embedder.name,
+    }

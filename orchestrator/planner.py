@@ -1,0 +1,67 @@
+"""The planner: decompose an instruction, route each step through the brick index, return a Plan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from orchestrator.plan import BrickConfig, BrickRef, Decoding, Plan, Step
+from orchestrator.validation import check_text
+from policies import Decomposer, Route, RoutingPolicy, RuleDecomposer, TopOne
+
+__all__ = ["Planner"]
+
+log = logging.getLogger(__name__)
+
+
+class Planner:
+    """Pure planning over an open library and its index; no model is touched here."""
+
+    def __init__(self, library, index, *, routing: RoutingPolicy | None = None,
+                 decomposer: Decomposer | None = None, decoding: Decoding = Decoding()) -> None:
+        self.library = library
+        self.index = index
+        self.routing = routing or TopOne()
+        self.decomposer = decomposer or RuleDecomposer()
+        self.decoding = decoding
+        self._bricks = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the library's bricks (after a brick was added or removed)."""
+        self._bricks = {b.key: b for b in self.library.list()}
+
+    def _config(self, route: Route) -> tuple[BrickConfig, str | None]:
+        refs = []
+        for rb in route.bricks:
+            brick = self._bricks.get(rb.key)
+            if brick is None:
+                log.warning("index names %s, which the library no longer has; skipped", rb.key)
+                continue
+            refs.append(BrickRef(id=brick.id, version=brick.version, kind=brick.kind, weight=rb.weight, score=rb.score))
+        loras = [r for r in refs if r.kind == "lora"]
+        template = self._bricks[refs[0].key].manifest.prompt_template if len(refs) == 1 else None
+        return BrickConfig(bricks=tuple(refs), merge="cat" if len(loras) > 1 else "single"), template
+
+    def plan_many(self, tasks: Sequence[tuple[object, object]]) -> list[Plan]:
+        """Plans for many (instruction, input) pairs; all step instructions are searched in one batch."""
+        checked = [(check_text(i, "instruction"), check_text(x if x is not None else "", "input", allow_empty=True))
+                   for i, x in tasks]
+        parts = [self.decomposer.split(instruction) for instruction, _ in checked]
+        flat = [p for ps in parts for p in ps]
+        hits = self.index.search_many(flat, self.routing.k) if flat else []
+        plans, pos = [], 0
+        for (instruction, text), ps in zip(checked, parts):
+            steps = []
+            for j, part in enumerate(ps):
+                route = self.routing.route(hits[pos])
+                pos += 1
+                config, template = self._config(route)
+                steps.append(Step(instruction=part, input_from=None if j == 0 else j - 1, config=config,
+                                  decoding=self.decoding, prompt_template=template, route=route.reason))
+            plans.append(Plan(instruction=instruction, input=text, steps=tuple(steps)))
+        return plans
+
+    def plan(self, instruction: object, input: object = None) -> Plan:
+        return self.plan_many([(instruction, input)])[0]
+

@@ -1,0 +1,37 @@
+"""What a run returns: the output, the plan, and a trace of every step."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from orchestrator.plan import BrickRef, Plan
+
+__all__ = ["StepTrace", "Result"]
+
+
+class StepTrace(BaseModel):
+    """One executed step: its instruction, the input it got, the bricks it ran with, its output and timings."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    instruction: str
+    input: str
+    output: str
+    bricks: tuple[BrickRef, ...]
+    route: str | None
+    timings_ms: dict[str, float]
+
+
+class Result(BaseModel):
+    """The answer to one task and how it was reached."""
+
+    model_config = ConfigDict(frozen=True)
+
+    instruction: str
+    input: str
+    output: str
+    plan: Plan
+    steps: tuple[StepTrace, ...]
+    timings_ms: dict[str, float]
+    error: str | None = None

@@ -1,0 +1,59 @@
+"""The transformers executor on a quick toy world: adapters loaded once, switched per group, merged on demand."""
+
+import pytest
+
+from orchestrator.executor import GenerationRequest, UnsupportedConfigError
+from orchestrator.plan import BrickConfig, BrickRef, Decoding
+
+
+@pytest.fixture(scope="module")
+def executor(quick_world):
+    from bricks.library import Library
+    from orchestrator.transformers_executor import TransformersExecutor
+
+    out, _ = quick_world
+    return TransformersExecutor(out / "model", Library.open(out / "library"))
+
+
+def _ref(executor, brick_id, weight=1.0):
+    b = executor.library.get(brick_id)
+    return BrickRef(id=b.id, version=b.version, kind="lora", weight=weight)
+
+
+def test_mixed_batch_equals_separate_runs(executor):
+    caesar = BrickConfig(bricks=(_ref(executor, "caesar"),))
+    double = BrickConfig(bricks=(_ref(executor, "double"),))
+    d = Decoding(max_new_tokens=6)
+    reqs = [GenerationRequest("Reverse the text.\nIn: abc\nOut: ", BrickConfig(), d),
+            GenerationRequest("Apply a Caesar shift of one.\nIn: abc\nOut: ", caesar, d),
+            GenerationRequest("Double every letter.\nIn: abc\nOut: ", double, d),
+            GenerationRequest("Reverse the text.\nIn: xyz\nOut: ", BrickConfig(), d)]
+    mixed = executor.generate(reqs)
+    alone = [executor.generate([r])[0] for r in reqs]
+    assert mixed == alone
+    assert executor.generate([reqs[0]]) == executor.generate([reqs[0]])  # base after adapters: unchanged
+
+
+def test_adapters_are_loaded_once(executor):
+    cfg = BrickConfig(bricks=(_ref(executor, "devowel"),))
+    executor.generate([GenerationRequest("Remove the vowels.\nIn: abc\nOut: ", cfg, Decoding(max_new_tokens=3))])
+    loaded = set(executor._loaded)
+    executor.generate([GenerationRequest("Remove the vowels.\nIn: xyz\nOut: ", cfg, Decoding(max_new_tokens=3))])
+    assert executor._loaded == loaded and any("devowel" in n for n in loaded)
+
+
+def test_weighted_mixture_is_built_once_and_differs_from_parts(executor):
+    mix = BrickConfig(bricks=(_ref(executor, "caesar", 0.5), _ref(executor, "double", 0.5)), merge="cat")
+    prompt = "Apply a Caesar shift of one.\nIn: abcdef\nOut: "
+    out1 = executor.generate([GenerationRequest(prompt, mix, Decoding(max_new_tokens=8))])
+    n_loaded = len(executor._loaded)
+    out2 = executor.generate([GenerationRequest(prompt, mix, Decoding(max_new_tokens=8))])
+    assert out1 == out2 and len(executor._loaded) == n_loaded
+
+
+def test_unsupported_features_reported_together(executor):
+    mask = BrickRef(id="m1", version=1, kind="ffn_mask")
+    mask2 = BrickRef(id="m2", version=1, kind="ffn_mask")
+    with pytest.raises(UnsupportedConfigError, match="m1@1.*m2@1"):
+        executor.generate([GenerationRequest("x", BrickConfig(bricks=(mask,))),
+                           GenerationRequest("y", BrickConfig(bricks=(mask2,)))])
