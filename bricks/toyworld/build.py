@@ -50,7 +50,8 @@ class BuildConfig:
     def quick(cls, seed: int = 0) -> "BuildConfig":
         """A CI-sized run of the same pipeline (seconds): tiny data, a few dozen steps."""
         return cls(seed, DatasetSizes.quick(), PretrainConfig(steps=30, batch_size=16, warmup=5, seed=seed,
-                                                              checkpoint_every=15),
+                                                              checkpoint_every=15, hidden_size=64, num_heads=1,
+                                                              num_layers=2, intermediate_size=128),
                    LoraTrainConfig(max_steps=10, batch_size=16, warmup=2, eval_every=5, seed=seed))
 
 

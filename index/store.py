@@ -1,0 +1,86 @@
+"""Saving and loading a brick index beside its library; a stale or foreign index is rebuilt, never trusted."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from index.brick_index import BrickDocument, BrickIndex
+
+__all__ = ["IndexLoadError", "StaleIndexError", "save", "load", "open_or_build", "INDEX_FORMAT"]
+
+log = logging.getLogger(__name__)
+
+INDEX_FORMAT = 1
+FAISS_FILE = "index.faiss"
+META_FILE = "index.json"
+
+
+class IndexLoadError(ValueError):
+    """The index files are missing or corrupt."""
+
+
+class StaleIndexError(ValueError):
+    """The index was built from another library state or with another embedder."""
+
+
+def save(index: BrickIndex, folder: Path) -> None:
+    """Write `index.faiss` then `index.json` (the commit point), each through a temp file and a rename."""
+    import faiss
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp_faiss = folder / f".{FAISS_FILE}.tmp"
+    faiss.write_index(index.faiss_index, str(tmp_faiss))
+    meta = {"format": INDEX_FORMAT, "embedder": index.embedder.name, "dim": index.embedder.dim,
+            "source_fingerprint": index.source_fingerprint, "next_id": index.next_id, "nprobe": index.nprobe,
+            "faiss_ntotal": len(index), "entries": {str(i): list(v) for i, v in index.entries.items()}}
+    tmp_meta = folder / f".{META_FILE}.tmp"
+    tmp_meta.write_text(json.dumps(meta), encoding="utf-8")
+    os.replace(tmp_faiss, folder / FAISS_FILE)
+    os.replace(tmp_meta, folder / META_FILE)
+
+
+def load(folder: Path, embedder, *, expected_fingerprint: str) -> BrickIndex:
+    import faiss
+
+    folder = Path(folder)
+    meta_path, faiss_path = folder / META_FILE, folder / FAISS_FILE
+    if not meta_path.is_file() or not faiss_path.is_file():
+        raise IndexLoadError(f"no brick index in {str(folder)!r}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        entries = {int(i): (k, t) for i, (k, t) in meta["entries"].items()}
+    except (ValueError, KeyError, TypeError) as e:
+        raise IndexLoadError(f"{meta_path}: corrupt index metadata ({e})") from None
+    if meta.get("format") != INDEX_FORMAT:
+        raise StaleIndexError(f"{meta_path}: index format {meta.get('format')!r}, expected {INDEX_FORMAT}")
+    if meta.get("embedder") != embedder.name or meta.get("dim") != embedder.dim:
+        raise StaleIndexError(f"{meta_path}: built with {meta.get('embedder')!r} dim {meta.get('dim')}, "
+                              f"not {embedder.name!r} dim {embedder.dim}")
+    if meta.get("source_fingerprint") != expected_fingerprint:
+        raise StaleIndexError(f"{meta_path}: built from library {meta.get('source_fingerprint')}, "
+                              f"which is now {expected_fingerprint}")
+    try:
+        raw = faiss.read_index(str(faiss_path))
+    except RuntimeError as e:
+        raise IndexLoadError(f"{faiss_path}: corrupt FAISS index ({str(e).splitlines()[0]})") from None
+    if raw.ntotal != meta.get("faiss_ntotal") or raw.ntotal != len(entries):
+        raise IndexLoadError(f"{faiss_path}: holds {raw.ntotal} vectors, its metadata {len(entries)}")
+    return BrickIndex(embedder, raw, entries, source_fingerprint=expected_fingerprint, next_id=meta.get("next_id"),
+                      nprobe=int(meta.get("nprobe", 16)))
+
+
+def open_or_build(folder: Path, documents: Callable[[], Sequence[BrickDocument]], embedder,
+                  fingerprint: str) -> tuple[BrickIndex, bool]:
+    """The saved index if it is fresh; otherwise build it from `documents()`, save it, and say so."""
+    try:
+        return load(folder, embedder, expected_fingerprint=fingerprint), False
+    except (IndexLoadError, StaleIndexError) as e:
+        log.info("rebuilding the brick index: %s", e)
+    index = BrickIndex.build(documents(), embedder, source_fingerprint=fingerprint)
+    save(index, folder)
+    return index, True
