@@ -136,7 +136,7 @@ def pretrain(out_dir: Path, tokenizer, cfg: PretrainConfig, *, on_step: StepCall
             on_step(step + 1, cfg.steps, loss.item())
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             _save_checkpoint(ckpt, model, optimizer, step + 1, cfg)
-            log.info("step %d loss %.4f (%.1f s)", step + 1, float(loss), time.perf_counter() - t0)
+            log.info("step %d loss %.4f (%.1f s)", step + 1, loss.item(), time.perf_counter() - t0)
             if on_checkpoint:
                 model.eval()
                 on_checkpoint(step + 1, model)
