@@ -74,15 +74,21 @@ def verify_brick_folder(folder: Path) -> Brick:
             raise ManifestError(f"brick {manifest.key}: listed file {entry.path!r} is missing")
         if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
             raise ManifestError(f"brick {manifest.key}: checksum mismatch for {entry.path!r}")
-    if manifest.kind == "lora":
+    brick = Brick(manifest, folder)
+    _check_kind(brick)
+    return brick
+
+
+def _check_kind(brick: Brick) -> None:
+    """The kind's own artifact checks (files present, no pickles), without loading any tensor."""
+    if brick.kind == "lora":
         from bricks.lora import LoraBrick
 
-        LoraBrick.from_dir(folder, manifest)
+        LoraBrick.from_dir(brick.path, brick.manifest)
     else:
         from bricks.ffn_mask import FfnMaskBrick
 
-        FfnMaskBrick.from_dir(folder, manifest)
-    return Brick(manifest, folder)
+        FfnMaskBrick.from_dir(brick.path, brick.manifest)
 
 
 class Library:
@@ -129,6 +135,7 @@ class Library:
                 if folder.parent.name != brick.id or folder.name != f"v{brick.version}":
                     raise ManifestError(f"{folder}: holds {brick.key}, expected {folder.parent.name}@{folder.name[1:]}")
                 self._check_base(brick.manifest)
+                _check_kind(brick)
             except BrickError as e:
                 log.warning("skipped brick %s: %s", folder, e)
                 self.skipped.append((folder, str(e)))

@@ -52,6 +52,20 @@ def _open_index(library, embedder):
         return BrickIndex.build(library_documents(library), embedder, source_fingerprint=fingerprint)
 
 
+def _exclude_misfits(planner: Planner, library, model_config) -> None:
+    """Bricks whose shapes or targets do not fit the loaded model are left out of routing, with a warning."""
+    from bricks.errors import BrickError
+    from bricks.lora import LoraBrick
+
+    for brick in library.list():
+        if brick.kind != "lora":
+            continue
+        try:
+            LoraBrick.from_dir(brick.path, brick.manifest).check_fits(model_config)
+        except BrickError as e:
+            planner.exclude(brick.key, str(e))
+
+
 class Orchestrator:
     """A base model plus a brick library, planned by a Planner and run by an Executor."""
 
@@ -85,6 +99,7 @@ class Orchestrator:
             engine: Executor = TransformersExecutor(model_dir, lib, **executor_options)
         else:
             raise ValueError(f"unknown executor {executor!r}; expected 'transformers'")
+        _exclude_misfits(planner, lib, engine.model_config)
         return cls(planner, engine, template=template, model_dir=model_dir)
 
     # -- planning ---------------------------------------------------------------------------------------

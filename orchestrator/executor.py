@@ -31,6 +31,11 @@ class Executor(Protocol):
 
     name: str
 
+    @property
+    def model_config(self):
+        """The base model's transformers config (bricks are checked against it)."""
+        ...
+
     def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
         """The completion of each request, in order."""
         ...

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from orchestrator.plan import BrickConfig, BrickRef, Decoding, Plan, Step
 from orchestrator.validation import check_text
-from policies import Decomposer, Route, RoutingPolicy, RuleDecomposer, TopOne
+from policies import BASE_KEY, Decomposer, Route, RoutingPolicy, RuleDecomposer, TopOne
 
 __all__ = ["Planner"]
 
@@ -24,12 +24,22 @@ class Planner:
         self.routing = routing or TopOne()
         self.decomposer = decomposer or RuleDecomposer()
         self.decoding = decoding
-        self._bricks = {}
+        self._bricks: dict = {}
+        self.excluded: dict[str, str] = {}
         self.refresh()
 
     def refresh(self) -> None:
         """Re-read the library's bricks (after a brick was added or removed)."""
-        self._bricks = {b.key: b for b in self.library.list()}
+        self._bricks = {b.key: b for b in self.library.list() if b.key not in self.excluded}
+
+    def exclude(self, key: str, reason: str) -> None:
+        """Never route to `key` (e.g. a brick that does not fit the loaded model)."""
+        log.warning("brick %s excluded from routing: %s", key, reason)
+        self._bricks.pop(key, None)
+        self.excluded[key] = reason
+
+    def _usable(self, hits):
+        return [h for h in hits if h.key in self._bricks or h.key == BASE_KEY]
 
     def _config(self, route: Route) -> tuple[BrickConfig, str | None]:
         refs = []
@@ -54,7 +64,7 @@ class Planner:
         for (instruction, text), ps in zip(checked, parts):
             steps = []
             for j, part in enumerate(ps):
-                route = self.routing.route(hits[pos])
+                route = self.routing.route(self._usable(hits[pos]))
                 pos += 1
                 config, template = self._config(route)
                 steps.append(Step(instruction=part, input_from=None if j == 0 else j - 1, config=config,

@@ -42,6 +42,10 @@ class TransformersExecutor:
         self._loaded: set[str] = set()
         self._lock = threading.Lock()
 
+    @property
+    def model_config(self):
+        return self.model.config
+
     # -- adapters ---------------------------------------------------------------------------------------
     def _brick_folder(self, brick_id: str, version: int) -> Path:
         from bricks.lora import LoraBrick

@@ -174,3 +174,13 @@ def test_ffn_mask_brick_round_trip(tmp_path, tiny_model):
     assert brick.density() == pytest.approx(0.25)
     assert torch.equal(brick.masks()[1], masks[1])
     brick.check_fits(tiny_model[1])
+
+
+def test_pickle_adapter_in_library_is_skipped_on_open(tmp_path, tiny_model):
+    lib = Library.create(tmp_path / "lib", BASE)
+    lib.add(_lora_folder(tmp_path, tiny_model, "good"))
+    lib.add(_lora_folder(tmp_path, tiny_model, "sneaky"))
+    (tmp_path / "lib" / "bricks" / "sneaky" / "v1" / "adapter_model.bin").write_bytes(b"\x80\x04")
+    again = Library.open(tmp_path / "lib")
+    assert [b.id for b in again.list()] == ["good"]
+    assert "pickle" in again.skipped[0][1]
