@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from bricks.atomic import atomic_write_text
 from bricks.errors import BrickError, IncompatibleBrickError, LibraryError, ManifestError
 from bricks.manifest import MANIFEST_NAME, BaseModelRef, BrickManifest, safe_join, sha256_file
 
@@ -121,7 +122,7 @@ class Library:
             raise LibraryError(f"a library already exists at {str(path)!r}")
         (path / "bricks").mkdir(parents=True, exist_ok=True)
         config = LibraryConfig(base_model=base_model, base_examples=list(base_examples))
-        _atomic_write(path / LIBRARY_FILE, config.model_dump_json(indent=2) + "\n")
+        atomic_write_text(path / LIBRARY_FILE, config.model_dump_json(indent=2) + "\n")
         return cls(path, config)
 
     def _scan(self) -> None:
@@ -228,8 +229,3 @@ class Library:
             shutil.rmtree(trash)
             self._scan()
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

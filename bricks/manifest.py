@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from bricks.atomic import atomic_write_text
 from bricks.errors import ManifestError, UnsafeArtifactError
 
 __all__ = ["BaseModelRef", "FileEntry", "BrickManifest", "file_entry", "safe_join", "sha256_file", "MANIFEST_NAME"]
@@ -145,7 +145,4 @@ class BrickManifest(BaseModel):
 
     def save(self, path: Path) -> None:
         """Write atomically: a temp file beside `path`, then rename."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(Path(path), self.model_dump_json(indent=2) + "\n")

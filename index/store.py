@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bricks.atomic import atomic_write_text
 from index.brick_index import BrickDocument, BrickIndex
 
 __all__ = ["IndexLoadError", "StaleIndexError", "save", "load", "open_or_build", "INDEX_FORMAT"]
@@ -38,10 +39,8 @@ def save(index: BrickIndex, folder: Path) -> None:
     meta = {"format": INDEX_FORMAT, "embedder": index.embedder.name, "dim": index.embedder.dim,
             "source_fingerprint": index.source_fingerprint, "next_id": index.next_id, "nprobe": index.nprobe,
             "faiss_ntotal": len(index), "entries": {str(i): list(v) for i, v in index.entries.items()}}
-    tmp_meta = folder / f".{META_FILE}.tmp"
-    tmp_meta.write_text(json.dumps(meta), encoding="utf-8")
     os.replace(tmp_faiss, folder / FAISS_FILE)
-    os.replace(tmp_meta, folder / META_FILE)
+    atomic_write_text(folder / META_FILE, json.dumps(meta))
 
 
 def load(folder: Path, embedder, *, expected_fingerprint: str) -> BrickIndex:

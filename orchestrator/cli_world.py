@@ -65,6 +65,8 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
              data: Optional[Path] = typer.Option(None, "--data", help="A JSONL of rows instead of a toy world split."),
              skills: Optional[str] = typer.Option(None, "--skills", help="Comma-separated skill ids to keep."),
              limit: int = typer.Option(0, "--limit", help="At most this many rows per skill (0: all)."),
+             pipeline: bool = typer.Option(False, "--pipeline",
+                                           help="Run rows through the orchestrator (decompose, route, chain)."),
              as_json: bool = typer.Option(False, "--json", help="Print JSON for machines.")) -> None:
     """Exact-match accuracy per skill, for the base model alone or with one LoRA brick."""
     from bricks.evaluation import exact_match_by_skill
@@ -91,16 +93,21 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
                     kept.append(r)
             rows = kept
         model_dir = model or world_model_dir()
-        tokenizer, net = load_tokenizer(model_dir), load_model(model_dir)
-        brick_path = _brick_path(brick, library, net) if brick else None
-        if brick_path:
-            from peft import PeftModel
+        brick_path = None
+        if pipeline:
+            scores = _pipeline_scores(model_dir, library, rows)
+        else:
+            tokenizer, net = load_tokenizer(model_dir), load_model(model_dir)
+            brick_path = _brick_path(brick, library, net) if brick else None
+            if brick_path:
+                from peft import PeftModel
 
-            net = PeftModel.from_pretrained(net, str(brick_path), is_trainable=False).eval()
-        scores = exact_match_by_skill(net, tokenizer, rows, max_new_tokens=40)
+                net = PeftModel.from_pretrained(net, str(brick_path), is_trainable=False).eval()
+            scores = exact_match_by_skill(net, tokenizer, rows, max_new_tokens=40)
     except user_errors() as e:
         fail(str(e))
     payload = {"model": str(model_dir), "brick": str(brick_path) if brick_path else None, "data": str(path),
+               "pipeline": pipeline,
                "scores": {k: {"correct": v.correct, "total": v.total, "accuracy": round(v.accuracy, 4)}
                           for k, v in scores.items()}}
     if as_json:
@@ -109,12 +116,28 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"exact match: {payload['brick'] or 'base model'} on {path.name}")
+    who = "orchestrator" if pipeline else payload["brick"] or "base model"
+    table = Table(title=f"exact match: {who} on {path.name}")
     for col in ("skill", "correct", "total", "accuracy"):
         table.add_column(col)
     for k, v in scores.items():
         table.add_row(k, str(v.correct), str(v.total), f"{v.accuracy:.1%}")
     Console().print(table)
+
+
+def _pipeline_scores(model_dir: Path, library: Optional[Path], rows: list[dict]):
+    """Exact match per skill chain when every row is planned, routed and run by an Orchestrator."""
+    from bricks.evaluation import SkillScore
+    from orchestrator.api import Orchestrator
+
+    with Orchestrator.from_pretrained(model_dir, library) as orc:
+        results = orc.run_batch(rows)
+    hits: dict[str, list[int]] = {}
+    for row, res in zip(rows, results):
+        c = hits.setdefault("+".join(row["skills"]), [0, 0])
+        c[0] += int(res.output == row["output"])
+        c[1] += 1
+    return {k: SkillScore(k, c, n) for k, (c, n) in sorted(hits.items())}
 
 
 def _brick_path(brick: str, library: Optional[Path], model) -> Path:

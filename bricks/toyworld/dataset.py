@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from bricks.atomic import atomic_write_text
 from bricks.toyworld.skills import LORA_SKILLS, SKILLS
 from bricks.toyworld.tasks import SPLITS, Split, TaskRow, sample_compound, sample_single
 
@@ -63,11 +63,7 @@ def _compound_rows(rng: random.Random, split: Split, sizes: DatasetSizes) -> lis
 
 
 def _write_jsonl(path: Path, rows: list[TaskRow]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row.to_json()) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(row.to_json()) + "\n" for row in rows))
 
 
 def write_splits(data_dir: Path, *, seed: int = 0, sizes: DatasetSizes = DatasetSizes()) -> dict[str, int]:

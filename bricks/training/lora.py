@@ -31,8 +31,8 @@ class LoraTrainConfig:
     alpha: int = 32
     dropout: float = 0.0
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    lr: float = 3e-3
-    max_steps: int = 2000
+    lr: float = 4e-3
+    max_steps: int = 3000
     batch_size: int = 64
     warmup: int = 50
     weight_decay: float = 0.0

@@ -92,3 +92,30 @@ def test_cli_run_json_and_plan():
     assert res.exit_code == 0 and Plan.from_json(res.stdout).steps[0].config.bricks[0].id == "caesar"
     res = runner.invoke(app, ["run", "  "])
     assert res.exit_code == 2 and "instruction is empty" in res.stderr
+
+
+def test_cli_info_and_bricks_list():
+    from orchestrator.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["info", "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    assert info["bricks"] == 4 and info["embedder"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert info["base_model"].startswith("brickwork/toy-llama sha256:")
+    res = runner.invoke(app, ["bricks", "list", "--json"])
+    listed = json.loads(res.stdout)
+    assert sorted(b["id"] for b in listed) == ["caesar", "devowel", "double", "subtract"]
+    assert all(b["metrics"]["exact_match_test"] >= 0.95 for b in listed)
+    res = runner.invoke(app, ["bricks", "show", "nope"])
+    assert res.exit_code == 2 and "no brick 'nope'" in res.stderr
+
+
+def test_eval_pipeline_on_compound_rows():
+    from orchestrator import cli_world  # noqa: F401
+    from orchestrator.cli import app
+
+    res = CliRunner().invoke(app, ["eval", "--pipeline", "--kind", "compound", "--limit", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["pipeline"] and all("+" in k and v["total"] == 1 for k, v in data["scores"].items())
