@@ -72,7 +72,8 @@ class BrickIndex:
             nlist = int(4 * np.sqrt(n))
             quantizer = faiss.IndexFlatIP(dim)
             index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+            sample = np.random.default_rng(0).choice(n, size=min(n, 64 * nlist), replace=False)
+            index.train(np.ascontiguousarray(vectors[np.sort(sample)], dtype=np.float32))  # 64 points per list
             index.own_fields = True
             quantizer.this.disown()
         else:
