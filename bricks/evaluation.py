@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bricks.generation import generate_texts
 from bricks.prompt import DEFAULT_TEMPLATE, PromptTemplate
 
-__all__ = ["SkillScore", "exact_match_by_skill"]
+__all__ = ["SkillScore", "exact_match_by_skill", "score_outputs"]
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,14 @@ def exact_match_by_skill(model, tokenizer, rows: Iterable[Mapping], *, template:
     rows = list(rows)
     outputs = generate_texts(model, tokenizer, [template.render(r["instruction"], r.get("input", "")) for r in rows],
                              max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return score_outputs(rows, outputs)
+
+
+def score_outputs(rows: Sequence[Mapping], outputs: Sequence[str]) -> dict[str, SkillScore]:
+    """Exact match of each output (stripped) against its row's `output`, grouped by `skills` joined by '+'."""
     hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for row, out in zip(rows, outputs):
-        key = "+".join(row["skills"]) if len(row["skills"]) > 1 else row["skills"][0]
+        key = "+".join(row["skills"])
         hits[key][0] += int(out.strip() == row["output"])
         hits[key][1] += 1
     return {k: SkillScore(k, c, n) for k, (c, n) in sorted(hits.items())}

@@ -127,17 +127,11 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
 
 def _pipeline_scores(model_dir: Path, library: Optional[Path], rows: list[dict]):
     """Exact match per skill chain when every row is planned, routed and run by an Orchestrator."""
-    from bricks.evaluation import SkillScore
+    from bricks.evaluation import score_outputs
     from orchestrator.api import Orchestrator
 
     with Orchestrator.from_pretrained(model_dir, library) as orc:
-        results = orc.run_batch(rows)
-    hits: dict[str, list[int]] = {}
-    for row, res in zip(rows, results):
-        c = hits.setdefault("+".join(row["skills"]), [0, 0])
-        c[0] += int(res.output == row["output"])
-        c[1] += 1
-    return {k: SkillScore(k, c, n) for k, (c, n) in sorted(hits.items())}
+        return score_outputs(rows, [res.output for res in orc.run_batch(rows)])
 
 
 def _brick_path(brick: str, library: Optional[Path], model) -> Path:

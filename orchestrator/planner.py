@@ -43,11 +43,8 @@ class Planner:
 
     def _config(self, route: Route) -> tuple[BrickConfig, str | None]:
         refs = []
-        for rb in route.bricks:
-            brick = self._bricks.get(rb.key)
-            if brick is None:
-                log.warning("index names %s, which the library no longer has; skipped", rb.key)
-                continue
+        for rb in route.bricks:  # routes only name usable bricks (see _usable)
+            brick = self._bricks[rb.key]
             refs.append(BrickRef(id=brick.id, version=brick.version, kind=brick.kind, weight=rb.weight, score=rb.score))
         loras = [r for r in refs if r.kind == "lora"]
         template = self._bricks[refs[0].key].manifest.prompt_template if len(refs) == 1 else None
