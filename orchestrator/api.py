@@ -10,12 +10,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from bricks.prompt import DEFAULT_TEMPLATE, PromptTemplate
-from orchestrator.executor import Executor, GenerationRequest
+from orchestrator.executor import Executor, GenerationRequest, group_requests
 from orchestrator.plan import Decoding, Plan
 from orchestrator.planner import Planner
 from orchestrator.result import Result, StepTrace
+from policies import Composition
 
-__all__ = ["Orchestrator", "library_documents", "index_fingerprint"]
+__all__ = ["Orchestrator", "library_documents", "index_fingerprint", "make_decomposer"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,34 @@ def _open_index(library, embedder):
         return BrickIndex.build(library_documents(library), embedder, source_fingerprint=fingerprint)
 
 
+def make_decomposer(spec, engine=None):
+    """A Decomposer from a name: "rules", "single", "model" (the engine's base model) or "model:PATH"."""
+    from policies import ModelDecomposer, RuleDecomposer, SingleStep
+
+    if spec is None or spec == "rules":
+        return RuleDecomposer()
+    if not isinstance(spec, str):
+        return spec
+    if spec == "single":
+        return SingleStep()
+    if spec == "model":
+        if engine is None or not hasattr(engine, "complete_constrained"):
+            raise ValueError("decomposer 'model' needs an executor with constrained decoding (transformers)")
+        return ModelDecomposer(lm=engine.complete_constrained)
+    if spec.startswith("model:"):
+        return ModelDecomposer(lm=_planner_model(Path(spec[len("model:"):])))
+    raise ValueError(f"unknown decomposer {spec!r}; expected rules, single, model or model:PATH")
+
+
+def _planner_model(folder: Path):
+    from bricks.constrained import generate_constrained
+    from bricks.model_io import load_model, load_tokenizer
+
+    model, tokenizer = load_model(folder), load_tokenizer(folder)
+    return lambda prompt, grammar: generate_constrained(model, tokenizer, prompt, grammar.is_prefix,
+                                                        grammar.is_complete)
+
+
 def _exclude_misfits(planner: Planner, library, model_config) -> None:
     """Bricks whose shapes or targets do not fit the loaded model are left out of routing, with a warning."""
     from bricks.errors import BrickError
@@ -80,8 +109,13 @@ class Orchestrator:
     def from_pretrained(cls, model: str | Path | None = None, library: str | Path | None = None,
                         executor: str = "transformers", *, embedder=None, routing=None, decomposer=None,
                         decoding: Decoding = Decoding(), template: PromptTemplate = DEFAULT_TEMPLATE,
-                        **executor_options) -> "Orchestrator":
-        """Open a model folder and a library (None for either: the toy world's) and start an executor."""
+                        composition=None, **executor_options) -> "Orchestrator":
+        """Open a model folder and a library (None for either: the toy world's) and start an executor.
+
+        `decomposer` is a Decomposer, or "rules" (default), "single", "model" (the base model writes the steps
+        as constrained JSON, rules as fallback) or "model:PATH" (a planner model folder does). `composition`
+        (policies.Composition) says how steps routed to several bricks merge them.
+        """
         from bricks.library import Library
         from bricks.toyworld.paths import world_library_dir, world_model_dir
 
@@ -92,13 +126,14 @@ class Orchestrator:
 
             embedder = SentenceTransformerEmbedder()
         index = _open_index(lib, embedder)
-        planner = Planner(lib, index, routing=routing, decomposer=decomposer, decoding=decoding)
         if executor == "transformers":
             from orchestrator.transformers_executor import TransformersExecutor
 
             engine: Executor = TransformersExecutor(model_dir, lib, **executor_options)
         else:
             raise ValueError(f"unknown executor {executor!r}; expected 'transformers'")
+        planner = Planner(lib, index, routing=routing, decomposer=make_decomposer(decomposer, engine),
+                          decoding=decoding, composition=composition or Composition())
         _exclude_misfits(planner, lib, engine.model_config)
         return cls(planner, engine, template=template, model_dir=model_dir)
 
@@ -143,8 +178,27 @@ class Orchestrator:
         template = PromptTemplate(step.prompt_template) if step.prompt_template else self.template
         return template.render(step.instruction, text)
 
+    def _generate_wave(self, requests: list[GenerationRequest]) -> list[str | Exception]:
+        """One executor call; if it fails, each brick configuration is retried alone so one bad step fails alone."""
+        try:
+            return list(self.executor.generate(requests))
+        except Exception as e:  # noqa: BLE001 (isolated below, reported on the failing steps)
+            if len(requests) == 1:
+                return [e]
+            log.warning("a batch of %d requests failed (%s); retrying each brick configuration alone", len(requests), e)
+        out: list[str | Exception] = [""] * len(requests)
+        for idx in group_requests(requests).values():
+            try:
+                texts: list[str | Exception] = list(self.executor.generate([requests[i] for i in idx]))
+            except Exception as e:  # noqa: BLE001
+                texts = [e] * len(idx)
+            for i, text in zip(idx, texts):
+                out[i] = text
+        return out
+
     def _run_plans(self, plans: Sequence[Plan], plan_ms: Sequence[float]) -> list[Result]:
         outputs: list[list[str | None]] = [[None] * len(p.steps) for p in plans]
+        errors: list[list[str | None]] = [[None] * len(p.steps) for p in plans]
         inputs: list[list[str]] = [[""] * len(p.steps) for p in plans]
         timing: list[list[dict[str, float]]] = [[{} for _ in p.steps] for p in plans]
         waves = [p.waves() for p in plans]
@@ -154,17 +208,24 @@ class Orchestrator:
             ready = [(pi, si) for pi, w in enumerate(waves) if depth < len(w) for si in w[depth]]
             if not ready:
                 break
-            requests = []
+            requests, runnable = [], []
             for pi, si in ready:
                 src = plans[pi].steps[si].input_from
+                if src is not None and errors[pi][src] is not None:
+                    errors[pi][si] = f"not run: its input, step {src}, failed"
+                    continue
                 inputs[pi][si] = plans[pi].input if src is None else (outputs[pi][src] or "")
+                runnable.append((pi, si))
                 requests.append(GenerationRequest(self._render(plans[pi], si, inputs[pi][si]),
                                                   plans[pi].steps[si].config, plans[pi].steps[si].decoding))
             t = time.perf_counter()
-            texts = self.executor.generate(requests)
+            texts = self._generate_wave(requests) if requests else []
             wave_ms = (time.perf_counter() - t) * 1000
-            for (pi, si), text in zip(ready, texts):
-                outputs[pi][si] = text.strip()
+            for (pi, si), text in zip(runnable, texts):
+                if isinstance(text, Exception):
+                    errors[pi][si] = f"{type(text).__name__}: {text}".splitlines()[0]
+                else:
+                    outputs[pi][si] = text.strip()
                 timing[pi][si] = {"generate_ms": round(wave_ms, 3), "batch_size": float(len(requests))}
             depth += 1
         run_ms = (time.perf_counter() - t_run) * 1000
@@ -172,12 +233,14 @@ class Orchestrator:
         for pi, plan in enumerate(plans):
             steps = tuple(
                 StepTrace(index=si, instruction=s.instruction, input=inputs[pi][si], output=outputs[pi][si] or "",
-                          bricks=s.config.bricks, route=s.route, timings_ms=timing[pi][si])
+                          bricks=s.config.bricks, route=s.route, timings_ms=timing[pi][si], error=errors[pi][si])
                 for si, s in enumerate(plan.steps)
             )
-            results.append(Result(instruction=plan.instruction, input=plan.input, output=steps[-1].output, plan=plan,
-                                  steps=steps, timings_ms={"plan_ms": round(plan_ms[pi], 3),
-                                                           "run_ms": round(run_ms, 3)}))
+            failed = next((s for s in steps if s.error is not None), None)
+            results.append(Result(instruction=plan.instruction, input=plan.input,
+                                  output="" if failed else steps[-1].output, plan=plan, steps=steps,
+                                  timings_ms={"plan_ms": round(plan_ms[pi], 3), "run_ms": round(run_ms, 3)},
+                                  error=f"step {failed.index} failed: {failed.error}" if failed else None))
         return results
 
     # -- lifecycle --------------------------------------------------------------------------------------

@@ -6,10 +6,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["BrickRef", "BrickConfig", "Decoding", "Step", "Plan", "PlanError", "MergeMethod", "PLAN_FORMAT"]
+__all__ = ["BrickRef", "BrickConfig", "Decoding", "Step", "Plan", "PlanError", "MergeMethod", "MaskMerge",
+           "MERGE_METHODS", "PLAN_FORMAT"]
 
 PLAN_FORMAT = 1
-MergeMethod = Literal["single", "cat", "linear"]
+# How several LoRA bricks of one step become one adapter (PEFT's `add_weighted_adapter` combination types):
+# cat and svd are exact / near-exact weighted sums of the deltas; linear, ties and dare work on the A, B factors.
+MergeMethod = Literal["single", "cat", "linear", "svd", "ties", "ties_svd", "dare_linear", "dare_ties",
+                      "dare_linear_svd", "dare_ties_svd", "magnitude_prune"]
+MERGE_METHODS: tuple[str, ...] = MergeMethod.__args__  # type: ignore[attr-defined]
+# How several emergent (ffn_mask) bricks of one step combine: keep the neurons of any brick, or of all.
+MaskMerge = Literal["union", "intersection"]
+_NEEDS_DENSITY = ("ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd", "dare_ties_svd", "magnitude_prune")
 
 
 class PlanError(ValueError):
@@ -39,21 +47,58 @@ class BrickConfig(_Value):
 
     bricks: tuple[BrickRef, ...] = ()
     merge: MergeMethod = "single"
+    density: float | None = Field(default=None, gt=0.0, le=1.0)  # kept fraction for ties / dare / prune merges
+    mask_merge: MaskMerge = "union"
 
     @model_validator(mode="after")
     def _check(self) -> "BrickConfig":
         loras = [b for b in self.bricks if b.kind == "lora"]
         if len(loras) > 1 and self.merge == "single":
-            raise ValueError(f"{len(loras)} LoRA bricks need a merge method (cat or linear), not 'single'")
+            raise ValueError(f"{len(loras)} LoRA bricks need a merge method (one of {', '.join(MERGE_METHODS[1:])}),"
+                             " not 'single'")
+        if self.merge in _NEEDS_DENSITY and self.density is None:
+            raise ValueError(f"merge method {self.merge!r} needs a density in (0, 1]")
+        keys = [b.key for b in self.bricks]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"brick listed twice in one configuration: {keys}")
         return self
 
     @property
+    def loras(self) -> tuple[BrickRef, ...]:
+        return tuple(b for b in self.bricks if b.kind == "lora")
+
+    @property
+    def masks(self) -> tuple[BrickRef, ...]:
+        return tuple(b for b in self.bricks if b.kind == "ffn_mask")
+
+    @property
+    def lora_key(self) -> str:
+        """A stable name of the LoRA part (bricks, weights, merge method, density): the merge cache key."""
+        loras = sorted(self.loras, key=lambda b: b.key)
+        if not loras:
+            return "base"
+        if len(loras) == 1 and self.merge == "single":
+            return loras[0].key
+        parts = ",".join(f"{b.key}*{b.weight:.4g}" for b in loras)
+        density = f";d={self.density:.4g}" if self.density is not None else ""
+        return f"{self.merge}({parts}{density})"
+
+    @property
+    def mask_key(self) -> str:
+        """A stable name of the mask part: `-` for none."""
+        masks = sorted(b.key for b in self.masks)
+        if not masks:
+            return "-"
+        return masks[0] if len(masks) == 1 else f"{self.mask_merge}({','.join(masks)})"
+
+    @property
     def key(self) -> str:
-        """A stable name of this configuration (bricks, weights, merge method)."""
+        """A stable name of this configuration (bricks, weights, merge methods)."""
         if not self.bricks:
             return "base"
-        parts = ",".join(f"{b.key}*{b.weight:.4g}" for b in sorted(self.bricks, key=lambda b: b.key))
-        return f"{self.merge}({parts})" if len(self.bricks) > 1 else self.bricks[0].key
+        if not self.masks:
+            return self.lora_key
+        return self.mask_key if not self.loras else f"{self.lora_key}+{self.mask_key}"
 
 
 class Decoding(_Value):

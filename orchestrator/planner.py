@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from orchestrator.plan import BrickConfig, BrickRef, Decoding, Plan, Step
 from orchestrator.validation import check_text
-from policies import BASE_KEY, Decomposer, Route, RoutingPolicy, RuleDecomposer, TopOne
+from policies import BASE_KEY, Composition, Decomposer, Route, RoutingPolicy, RuleDecomposer, TopOne
 
 __all__ = ["Planner"]
 
@@ -18,12 +18,14 @@ class Planner:
     """Pure planning over an open library and its index; no model is touched here."""
 
     def __init__(self, library, index, *, routing: RoutingPolicy | None = None,
-                 decomposer: Decomposer | None = None, decoding: Decoding = Decoding()) -> None:
+                 decomposer: Decomposer | None = None, decoding: Decoding = Decoding(),
+                 composition: Composition = Composition()) -> None:
         self.library = library
         self.index = index
         self.routing = routing or TopOne()
         self.decomposer = decomposer or RuleDecomposer()
         self.decoding = decoding
+        self.composition = composition
         self._bricks: dict = {}
         self.excluded: dict[str, str] = {}
         self.refresh()
@@ -48,7 +50,10 @@ class Planner:
             refs.append(BrickRef(id=brick.id, version=brick.version, kind=brick.kind, weight=rb.weight, score=rb.score))
         loras = [r for r in refs if r.kind == "lora"]
         template = self._bricks[refs[0].key].manifest.prompt_template if len(refs) == 1 else None
-        return BrickConfig(bricks=tuple(refs), merge="cat" if len(loras) > 1 else "single"), template
+        if len(loras) < 2:
+            return BrickConfig(bricks=tuple(refs), mask_merge=self.composition.mask_merge), template
+        return BrickConfig(bricks=tuple(refs), merge=self.composition.merge, density=self.composition.density,
+                           mask_merge=self.composition.mask_merge), template
 
     def plan_many(self, tasks: Sequence[tuple[object, object]]) -> list[Plan]:
         """Plans for many (instruction, input) pairs; all step instructions are searched in one batch."""

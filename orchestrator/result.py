@@ -21,6 +21,7 @@ class StepTrace(BaseModel):
     bricks: tuple[BrickRef, ...]
     route: str | None
     timings_ms: dict[str, float]
+    error: str | None = None  # why this step did not run or failed; the outputs of earlier steps are kept
 
 
 class Result(BaseModel):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from bricks.generation import generate_texts
@@ -13,7 +15,7 @@ from bricks.model_io import load_model, load_tokenizer
 from orchestrator.executor import GenerationRequest, UnsupportedConfigError, group_requests
 from orchestrator.plan import BrickConfig
 
-__all__ = ["TransformersExecutor"]
+__all__ = ["TransformersExecutor", "MergeStats"]
 
 log = logging.getLogger(__name__)
 
@@ -22,24 +24,35 @@ def _adapter_name(key: str) -> str:
     return "b_" + re.sub(r"[^A-Za-z0-9_]", "_", key)  # PEFT adapter names become module keys: no dots
 
 
+@dataclass
+class MergeStats:
+    """How often merged adapters were computed, and reused from the cache."""
+
+    merges: int = 0
+    hits: int = 0
+    merge_ms: float = 0.0
+
+
 class TransformersExecutor:
     """Runs requests on a transformers model; each group of requests sharing a brick configuration is one batch.
 
     LoRA bricks are loaded into one PeftModel on first use and kept; several bricks in one step are combined
-    with PEFT's `add_weighted_adapter` (cat: the exact weighted sum of the bricks' deltas; linear), and the
-    combined adapter is cached by (bricks, weights, method).
+    with PEFT's `add_weighted_adapter` (cat, svd, linear, ties, dare_linear, dare_ties, ...), and the combined
+    adapter is cached by (bricks, weights, method, density): a merge is computed once (`merge_stats`).
     """
 
     name = "transformers"
 
     def __init__(self, model_dir: Path, library, *, dtype: str = "auto", batch_size: int = 256,
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, merge_seed: int = 0) -> None:
         self.model_dir = Path(model_dir)
         self.library = library
         self.batch_size = batch_size
         self.tokenizer = load_tokenizer(self.model_dir)
         self.model = load_model(self.model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
         self._loaded: set[str] = set()
+        self.merge_seed = merge_seed
+        self.merge_stats = MergeStats()
         self._lock = threading.Lock()
 
     @property
@@ -71,22 +84,35 @@ class TransformersExecutor:
         return name
 
     def _activate(self, config: BrickConfig) -> str | None:
-        """Make `config` the active adapter; None means run the base model."""
-        loras = [b for b in config.bricks if b.kind == "lora"]
+        """Make `config`'s LoRA part the active adapter; None means run the base model."""
+        loras = config.loras
         if not loras:
             return None
         names = [self._ensure_adapter(b.key, b.id, b.version) for b in loras]
         if len(names) == 1 and config.merge == "single":
             target = names[0]
         else:
-            target = _adapter_name(config.key)
-            if target not in self._loaded:
-                self.model.add_weighted_adapter(names, [b.weight for b in loras], target,
-                                                combination_type=config.merge)
-                self._loaded.add(target)
-                log.info("merged %s", config.key)
+            target = _adapter_name(config.lora_key)
+            if target in self._loaded:
+                self.merge_stats.hits += 1
+            else:
+                self._merge(names, [b.weight for b in loras], target, config)
         self.model.set_adapter(target)
         return target
+
+    def _merge(self, names: list[str], weights: list[float], target: str, config: BrickConfig) -> None:
+        import torch
+
+        t = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.merge_seed)  # DARE drops parameters at random: the same merge every time
+            self.model.add_weighted_adapter(names, weights, target, combination_type=config.merge,
+                                            density=config.density)
+        self._loaded.add(target)
+        ms = (time.perf_counter() - t) * 1000
+        self.merge_stats.merges += 1
+        self.merge_stats.merge_ms += ms
+        log.info("merged %s in %.1f ms", config.lora_key, ms)
 
     # -- Executor ---------------------------------------------------------------------------------------
     def check(self, requests: Sequence[GenerationRequest]) -> None:
@@ -114,6 +140,17 @@ class TransformersExecutor:
                 for i, text in zip(idx, texts):
                     out[i] = text
         return out
+
+    def complete_constrained(self, prompt: str, grammar) -> str:
+        """The base model (no brick) completes `prompt` under `grammar` (`is_prefix`/`is_complete`): for planning."""
+        import contextlib
+
+        from bricks.constrained import generate_constrained
+
+        with self._lock:
+            off = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else contextlib.nullcontext()
+            with off:
+                return generate_constrained(self.model, self.tokenizer, prompt, grammar.is_prefix, grammar.is_complete)
 
     def close(self) -> None:
         self.model = None

@@ -40,19 +40,42 @@ class SingleStep:
         return [normalize_step(instruction)]
 
 
-_LIST_ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022])\s+(.*\S)\s*$")
+_LIST_ITEM = re.compile(r"^\s*(?:\d+[.):]|[a-z][.)]|[-*\u2022]|step\s+\d+\s*[:.)-])\s+(.*\S)\s*$", re.IGNORECASE)
+# "1) sort 2) reverse", "(1) sort (2) reverse", "Step 1: sort. Step 2: reverse" written on one line
+_INLINE_ITEM = re.compile(r"(?:^|\s)(?:\(?\d+\)|\d+[.:]|step\s+\d+\s*[:.)-])\s+", re.IGNORECASE)
 _SENTENCE = re.compile(r"(?<=[.?!])\s+(?=[A-Za-z])")
+_THEN = r"(?:then|next|afterwards|afterward|after\s+that|after\s+this|subsequently|finally|lastly|last|and\s+then" \
+        r"|and\s+finally|and\s+lastly|and\s+afterwards|and\s+after\s+that|after\s+which|once\s+done" \
+        r"|once\s+that\s+is\s+done|when\s+done|when\s+that\s+is\s+done|followed\s+by|and\s+next)"
 _CONNECTIVE = re.compile(
-    r"\s*(?:,\s*and\s+then|,\s*and\s+finally|\band\s+then|\band\s+finally|,\s*then|;\s*then|;\s*next,?|;\s*after\s+that,?"
-    r"|;\s*finally,?|;)\s+",
+    rf"\s*(?:[,;:]\s*{_THEN}\b,?|\b(?:and\s+then|and\s+finally|and\s+lastly|and\s+afterwards|and\s+after\s+that"
+    r"|and\s+next)\b,?|;|\s+(?:->|=>|\u2192)|\s+then\b,?)\s+",
     re.IGNORECASE,
 )
-_LEADING = re.compile(r"^(?:first(?:ly)?|then|next|after\s+that|afterwards|finally|lastly|and)\s*,?\s+", re.IGNORECASE)
+_LEADING = re.compile(
+    r"^(?:first(?:ly)?|second(?:ly)?|third(?:ly)?|to\s+start|to\s+begin|start\s+by|begin\s+by|then|next|after\s+that"
+    r"|after\s+this|afterwards?|subsequently|finally|lastly|last|and|once\s+done|once\s+that\s+is\s+done"
+    r"|when\s+done|when\s+that\s+is\s+done|now)\s*,?\s+",
+    re.IGNORECASE,
+)
+
+
+def _pieces(instruction: str) -> list[str]:
+    """Split off list items: numbered inline ("1) a 2) b", "Step 1: a. Step 2: b") or one per line."""
+    lines = [ln for ln in instruction.splitlines() if ln.strip()]
+    text = " ".join(ln.strip() for ln in lines)
+    markers = list(_INLINE_ITEM.finditer(text))
+    if len(markers) >= 2 and markers[0].start() == 0:
+        return [p for p in _INLINE_ITEM.split(text) if p.strip(" .,;:")]
+    items = [m.group(1) for ln in lines if (m := _LIST_ITEM.match(ln))]
+    if items and len(items) == len(lines):
+        return items
+    return [text]
 
 
 @dataclass(frozen=True)
 class RuleDecomposer:
-    """Splits on list items, sentences and connectives (", then", "and then", "; next", "After that,", ...).
+    """Splits on list items, sentences and connectives (", then", "and then", "; next", "After that,", "->", ...).
 
     Each piece is normalised with `normalize_step`; a chain longer than `max_steps` is refused.
     """
@@ -61,14 +84,12 @@ class RuleDecomposer:
     name: str = "rules"
 
     def split(self, instruction: str) -> list[str]:
-        lines = [ln for ln in instruction.splitlines() if ln.strip()]
-        items = [m.group(1) for ln in lines if (m := _LIST_ITEM.match(ln))]
-        pieces = items if items and len(items) == len(lines) else [" ".join(ln.strip() for ln in lines)]
         steps: list[str] = []
-        for piece in pieces:
+        for piece in _pieces(instruction):
             for sentence in _SENTENCE.split(piece):
                 for part in _CONNECTIVE.split(sentence):
-                    part = _LEADING.sub("", part.strip())
+                    while (stripped := _LEADING.sub("", part.strip())) != part.strip():
+                        part = stripped
                     if part.strip(" .,;:?!"):
                         steps.append(normalize_step(part))
         if not steps:

@@ -11,8 +11,9 @@ import json
 import logging
 import os
 import shutil
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -21,15 +22,16 @@ from bricks.fingerprint import model_fingerprint
 from bricks.library import Library
 from bricks.manifest import BaseModelRef
 from bricks.model_io import load_model, load_tokenizer
-from bricks.rows import read_rows
+from bricks.rows import InstructionRow, read_rows
 from bricks.toyworld.dataset import DatasetSizes, split_path, write_splits
 from bricks.toyworld.pretrain import PretrainConfig, pretrain
 from bricks.toyworld.skills import EMERGENT_SKILLS, LORA_SKILLS, SKILLS
+from bricks.toyworld.tasks import sample_chain_steps
 from bricks.toyworld.tokenizer import build_tokenizer
 from bricks.training.export import write_lora_brick
 from bricks.training.lora import LoraTrainConfig, train_lora
 
-__all__ = ["BuildConfig", "build_world", "TOY_MODEL_NAME"]
+__all__ = ["BuildConfig", "build_world", "brick_training_rows", "train_world_brick", "TOY_MODEL_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ class BuildConfig:
     sizes: DatasetSizes = field(default_factory=DatasetSizes)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     lora: LoraTrainConfig = field(default_factory=LoraTrainConfig)
+    chain_fraction: float = 0.5  # extra brick-training rows drawn from chain intermediates, per fresh row
 
     @classmethod
     def quick(cls, seed: int = 0) -> "BuildConfig":
@@ -105,26 +108,12 @@ def build_world(out: Path, cfg: BuildConfig = BuildConfig(), *, progress: Progre
     bricks_report = {}
     t = time.perf_counter()
     for skill_id in LORA_SKILLS:
-        tl = time.perf_counter()
-        rows = [r for r in train_rows if r.skills == (skill_id,)]
-        base = load_model(model_dir)
-        result = train_lora(base, tokenizer, rows, replace(cfg.lora, seed=cfg.seed),
-                            on_step=lambda s, n, loss, k=skill_id: progress(f"lora {k}", s, n, loss))
-        own = _evaluate(result.model, tokenizer, _rows_of(test_rows, {skill_id}))[skill_id]
-        others = _evaluate(result.model, tokenizer, _rows_of(test_rows, EMERGENT_SKILLS))
-        skill = SKILLS[skill_id]
-        metrics = {"exact_match_test": own, "exact_match_holdout": round(result.holdout_accuracy, 4),
-                   "train_steps": float(result.steps),
-                   **{f"interference_{k}": round(v - base_scores[k], 4) for k, v in others.items()}}
         brick_dir = work / "bricks" / skill_id
-        if brick_dir.exists():
-            shutil.rmtree(brick_dir)
-        write_lora_brick(result.model, brick_dir, brick_id=skill_id, description=skill.description,
-                         examples=skill.phrasings, base_model=base_ref, metrics=metrics, skills=[skill_id])
+        bricks_report[skill_id] = train_world_brick(
+            model_dir, tokenizer, skill_id, brick_training_rows(train_rows, skill_id, cfg), test_rows, base_scores,
+            base_ref, cfg, brick_dir, progress=progress)
         library.add(brick_dir)
         shutil.rmtree(brick_dir)
-        bricks_report[skill_id] = {"exact_match_test": own, "with_brick_on_emergent": others,
-                                   "steps": result.steps, "seconds": round(time.perf_counter() - tl, 1)}
         progress("evaluate bricks", len(bricks_report), len(LORA_SKILLS), None)
     timings["lora_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
@@ -140,6 +129,40 @@ def build_world(out: Path, cfg: BuildConfig = BuildConfig(), *, progress: Progre
     _swap_into_place(stage, out)
     report["size_bytes"] = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     return report
+
+
+def brick_training_rows(train_rows: Sequence[InstructionRow], skill_id: str, cfg: BuildConfig) -> list[InstructionRow]:
+    """A LoRA skill's training rows: its fresh single-skill rows plus rows drawn from chain intermediates.
+
+    The chain rows give the brick the inputs earlier plan steps hand it (doubled words, one or two letters).
+    """
+    rows = [r for r in train_rows if r.skills == (skill_id,)]
+    rng = random.Random(f"{cfg.seed}:chain:{skill_id}")
+    extra = sample_chain_steps(rng, skill_id, int(len(rows) * cfg.chain_fraction))
+    return rows + [InstructionRow(r.id, r.instruction, r.input, r.output, r.skills) for r in extra]
+
+
+def train_world_brick(model_dir: Path, tokenizer, skill_id: str, rows: Sequence[InstructionRow], test_rows: list[dict],
+                      base_scores: dict[str, float], base_ref: BaseModelRef, cfg: BuildConfig, brick_dir: Path, *,
+                      version: int = 1, progress: Progress = _noop) -> dict:
+    """Train one LoRA skill brick of the toy world into `brick_dir`; return its report entry."""
+    t = time.perf_counter()
+    base = load_model(model_dir)
+    result = train_lora(base, tokenizer, rows, replace(cfg.lora, seed=cfg.seed),
+                        on_step=lambda s, n, loss: progress(f"lora {skill_id}", s, n, loss))
+    own = _evaluate(result.model, tokenizer, _rows_of(test_rows, {skill_id}))[skill_id]
+    others = _evaluate(result.model, tokenizer, _rows_of(test_rows, EMERGENT_SKILLS))
+    skill = SKILLS[skill_id]
+    metrics = {"exact_match_test": own, "exact_match_holdout": round(result.holdout_accuracy, 4),
+               "train_steps": float(result.steps), "train_rows": float(len(rows)),
+               **{f"interference_{k}": round(v - base_scores[k], 4) for k, v in others.items()}}
+    if brick_dir.exists():
+        shutil.rmtree(brick_dir)
+    write_lora_brick(result.model, brick_dir, brick_id=skill_id, description=skill.description,
+                     examples=skill.phrasings, base_model=base_ref, metrics=metrics, skills=[skill_id],
+                     version=version)
+    return {"exact_match_test": own, "with_brick_on_emergent": others, "steps": result.steps,
+            "seconds": round(time.perf_counter() - t, 1)}
 
 
 def _swap_into_place(stage: Path, out: Path) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "sample_single",
     "sample_compound",
     "join_instructions",
+    "sample_chain_steps",
 ]
 
 Split = Literal["train", "validation", "test"]
@@ -124,3 +125,28 @@ def sample_compound(rng: random.Random, split: Split, *, row_id: str = "") -> Ta
         if ok:
             parts = [rng.choice(SKILLS[s].phrasings) for s in chain]
             return TaskRow(row_id, join_instructions(parts, rng), text, value, chain)
+
+
+def sample_chain_steps(rng: random.Random, skill_id: str, n: int, split: Split = "train") -> list[TaskRow]:
+    """`n` single-skill rows whose inputs are what earlier steps of compound chains hand to `skill_id`.
+
+    In a chain, a step receives the previous step's output (a doubled word, a word without vowels, one or
+    two letters), not a fresh 3-8 letter word. Bricks trained on these rows as well as on fresh inputs see
+    the inputs they will meet in a plan. The chains start from `split` inputs only, so no test input leaks.
+    """
+    skill = get_skill(skill_id)
+    if skill_id not in CHAIN_BODY + CHAIN_ENDS:
+        return []
+    rows: list[TaskRow] = []
+    for _ in range(1000 * max(n, 1)):
+        if len(rows) >= n:
+            break
+        chain = sample_compound(rng, split)
+        value = chain.input
+        for i, s in enumerate(chain.skills):
+            if s == skill_id and i > 0 and SKILLS[s].accepts(value):
+                rows.append(TaskRow(f"chain-{skill_id}-{len(rows):05d}", rng.choice(skill.phrasings), value,
+                                    skill.apply(value), (skill_id,)))
+                break
+            value = SKILLS[s].apply(value)
+    return rows

@@ -11,7 +11,7 @@ SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 CHARACTERS = string.ascii_lowercase + string.ascii_uppercase + string.digits + " \n.,;:?!'-+=()"
 
 
-def build_tokenizer(out_dir: Path | None = None):  # -> PreTrainedTokenizerFast
+def build_tokenizer(out_dir: Path | None = None, characters: str = CHARACTERS):  # -> PreTrainedTokenizerFast
     """One token per character; `<bos>` is prepended to every encoded text; unknown characters map to `<unk>`.
 
     Saved (when `out_dir` is given) as `tokenizer.json` + `tokenizer_config.json`, loadable by
@@ -21,7 +21,7 @@ def build_tokenizer(out_dir: Path | None = None):  # -> PreTrainedTokenizerFast
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for ch in CHARACTERS:
+    for ch in dict.fromkeys(characters):
         vocab[ch] = len(vocab)
     raw = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     raw.decoder = decoders.Fuse()

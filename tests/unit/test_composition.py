@@ -1,0 +1,153 @@
+"""Merge configurations, mask union/intersection, step failure isolation, model-written plans."""
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from bricks.ffn_mask import combine_masks
+from orchestrator.api import Orchestrator
+from orchestrator.executor import UnsupportedConfigError
+from orchestrator.plan import BrickConfig, BrickRef, Plan, Step
+from policies import Composition, ModelDecomposer, RuleDecomposer, StepListGrammar, parse_step_list
+from policies.decompose import DecompositionError
+
+
+def _lora(i, w=1.0):
+    return BrickRef(id=i, version=1, kind="lora", weight=w)
+
+
+def _mask(i):
+    return BrickRef(id=i, version=1, kind="ffn_mask")
+
+
+def test_merge_key_names_method_density_and_masks():
+    a, b = _lora("a", 0.7), _lora("b", 0.3)
+    ties = BrickConfig(bricks=(a, b), merge="ties", density=0.5)
+    assert ties.key == "ties(a@1*0.7,b@1*0.3;d=0.5)"
+    assert ties.key != BrickConfig(bricks=(a, b), merge="ties", density=0.7).key
+    assert ties.key != BrickConfig(bricks=(a, b), merge="dare_ties", density=0.5).key
+    both = BrickConfig(bricks=(a, _mask("m"), _mask("n")), mask_merge="intersection")
+    assert both.key == "a@1+intersection(m@1,n@1)" and both.lora_key == "a@1"
+    with pytest.raises(ValidationError, match="needs a density"):
+        BrickConfig(bricks=(a, b), merge="dare_linear")
+    with pytest.raises(ValidationError, match="listed twice"):
+        BrickConfig(bricks=(a, a), merge="cat")
+
+
+def test_composition_defaults_density_and_refuses_single():
+    assert Composition("dare_ties").density == 0.5
+    assert Composition("cat").density is None
+    with pytest.raises(ValueError, match="'single' cannot combine"):
+        Composition("single")
+
+
+def test_mask_union_and_intersection_per_layer():
+    a = {0: torch.tensor([1, 1, 0, 0], dtype=torch.bool), 1: torch.tensor([1, 0, 0, 0], dtype=torch.bool)}
+    b = {0: torch.tensor([0, 1, 1, 0], dtype=torch.bool)}  # layer 1 unlisted: dense for b
+    union = combine_masks([a, b], "union")
+    assert union[0].tolist() == [True, True, True, False] and 1 not in union  # b keeps layer 1 dense
+    inter = combine_masks([a, b], "intersection")
+    assert inter[0].tolist() == [False, True, False, False] and inter[1].tolist() == [True, False, False, False]
+    with pytest.raises(ValueError, match="different sizes"):
+        combine_masks([a, {0: torch.ones(3, dtype=torch.bool)}], "union")
+    with pytest.raises(ValueError, match="unknown mask merge 'xor'"):
+        combine_masks([a], "xor")
+
+
+class _FlakyExecutor:
+    """Upper-cases its prompt's input; fails on every request that uses brick `bad`."""
+
+    name = "fake"
+    model_config = None
+
+    def __init__(self):
+        self.calls = 0
+
+    def generate(self, requests):
+        self.calls += 1
+        if any(b.id == "bad" for r in requests for b in r.config.bricks):
+            raise UnsupportedConfigError("cannot run brick bad@1")
+        return [r.prompt.split("In: ")[1].split("\n")[0].upper() + "!" for r in requests]
+
+    def close(self):
+        pass
+
+
+def test_failing_step_is_named_and_earlier_outputs_kept():
+    good = Plan(instruction="x", input="ab", steps=(Step(instruction="s0"), Step(instruction="s1", input_from=0),
+                                                     Step(instruction="s2", input_from=1)))
+    bad = Plan(instruction="y", input="cd", steps=(
+        Step(instruction="s0"), Step(instruction="s1", input_from=0, config=BrickConfig(bricks=(_lora("bad"),))),
+        Step(instruction="s2", input_from=1)))
+    orc = Orchestrator(planner=None, executor=_FlakyExecutor())
+    ok, failed = orc._run_plans([good, bad], [0.0, 0.0])
+    assert ok.error is None and ok.output == "AB!!!"
+    assert failed.error.startswith("step 1 failed: UnsupportedConfigError: cannot run brick bad@1")
+    assert failed.output == "" and failed.steps[0].output == "CD!" and failed.steps[0].error is None
+    assert failed.steps[2].error == "not run: its input, step 1, failed"
+
+
+def test_step_list_grammar_prefixes():
+    g = StepListGrammar(max_steps=2, max_chars=10)
+    assert g.is_prefix('  ["Sort', ) and g.is_prefix('["a", "b"') and g.is_complete('["a", "b"]')
+    assert not g.is_prefix('x') and not g.is_prefix('[""') and not g.is_prefix('["a", "b", ')
+    assert not g.is_prefix('["' + "x" * 11) and not g.is_prefix('["a"]x') and not g.is_prefix("   ")
+    assert g.is_prefix('["say \\"hi\\""') and not g.is_prefix('["a\\q')
+
+
+def test_parse_step_list_errors_name_the_problem():
+    assert parse_step_list('["sort the letters", "reverse"]', 8) == ["Sort the letters.", "Reverse."]
+    with pytest.raises(DecompositionError, match="not JSON"):
+        parse_step_list('["sort', 8)
+    with pytest.raises(DecompositionError, match="not a JSON array of strings"):
+        parse_step_list('{"steps": 1}', 8)
+    with pytest.raises(DecompositionError, match="3 steps, more than max_steps=2"):
+        parse_step_list('["a", "b", "c"]', 2)
+
+
+def test_model_decomposer_uses_model_then_falls_back():
+    answers = iter(['["Sort the letters.", "Reverse the text."]', "not json", '["Translate to French."]'])
+    seen = []
+
+    def lm(prompt, grammar):
+        seen.append((prompt, grammar.max_steps))
+        return next(answers)
+
+    d = ModelDecomposer(lm=lm, max_steps=4)
+    text = "Sort the letters and after that reverse the text."
+    assert d.split(text) == ["Sort the letters.", "Reverse the text."]
+    assert seen[0][0].endswith(f"Task: {text}\nSteps: ") and seen[0][1] == 4
+    assert d.split("Sort the letters, then count the letters.") == RuleDecomposer().split(
+        "Sort the letters, then count the letters.")  # not JSON -> rules
+    assert d.split("Sort the letters.") == ["Sort the letters."]  # invented step -> rules
+    assert d.stats == {"model": 1, "fallback": 2}
+
+
+class _RankedModel:
+    """A fake causal LM whose next-token ranking never changes: x, ", a, ], [, <eos>."""
+
+    def __init__(self, tokenizer):
+        order = [tokenizer.convert_tokens_to_ids(t) for t in ("x", '"', "a", "]", "[")] + [tokenizer.eos_token_id]
+        self.logits = torch.zeros(len(tokenizer))
+        for rank, t in enumerate(order):
+            self.logits[t] = 100.0 - rank
+
+    def __call__(self, input_ids, past_key_values=None, use_cache=True):
+        class Out:
+            pass
+
+        out = Out()
+        out.logits = self.logits.expand(1, input_ids.shape[1], -1)
+        out.past_key_values = None
+        return out
+
+
+def test_constrained_decoding_writes_only_grammar_text():
+    from bricks.constrained import generate_constrained
+    from bricks.toyworld.tokenizer import CHARACTERS, build_tokenizer
+
+    tok = build_tokenizer(characters=CHARACTERS + '[]"')
+    g = StepListGrammar(max_steps=2, max_chars=3)
+    text = generate_constrained(_RankedModel(tok), tok, "Task: x\nSteps: ", g.is_prefix, g.is_complete)
+    assert text == '["xxx"]'  # unconstrained, the model would write "xxxx..."
+    assert parse_step_list(text, 2) == ["Xxx."]
