@@ -39,6 +39,9 @@ class LibraryConfig(BaseModel):
     format: int = LIBRARY_FORMAT
     base_model: BaseModelRef
     base_examples: list[str] = []
+    # Bricks (and base skills) answer to the phrasings they were trained on, so a routed step is shown to the
+    # model in the nearest such phrasing (fixed-function skills such as the toy world's); off for open tasks.
+    canonical_instructions: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,12 +119,14 @@ class Library:
         return cls(path, config)
 
     @classmethod
-    def create(cls, path: Path, base_model: BaseModelRef, base_examples: list[str] | tuple[str, ...] = ()) -> "Library":
+    def create(cls, path: Path, base_model: BaseModelRef, base_examples: list[str] | tuple[str, ...] = (), *,
+               canonical_instructions: bool = False) -> "Library":
         path = Path(path)
         if (path / LIBRARY_FILE).exists():
             raise LibraryError(f"a library already exists at {str(path)!r}")
         (path / "bricks").mkdir(parents=True, exist_ok=True)
-        config = LibraryConfig(base_model=base_model, base_examples=list(base_examples))
+        config = LibraryConfig(base_model=base_model, base_examples=list(base_examples),
+                               canonical_instructions=canonical_instructions)
         atomic_write_text(path / LIBRARY_FILE, config.model_dump_json(indent=2) + "\n")
         return cls(path, config)
 

@@ -176,7 +176,7 @@ class Orchestrator:
     def _render(self, plan: Plan, i: int, text: str) -> str:
         step = plan.steps[i]
         template = PromptTemplate(step.prompt_template) if step.prompt_template else self.template
-        return template.render(step.instruction, text)
+        return template.render(step.model_instruction or step.instruction, text)
 
     def _generate_wave(self, requests: list[GenerationRequest]) -> list[str | Exception]:
         """One executor call; if it fails, each brick configuration is retried alone so one bad step fails alone."""

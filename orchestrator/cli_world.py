@@ -61,12 +61,17 @@ def _index_world(world: Path) -> None:
 def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt,
              brick: Optional[str] = typer.Option(None, "--brick", help="A brick id of the library, or a brick folder."),
              split: str = typer.Option("test", "--split", help="train | validation | test (toy world splits)."),
-             kind: str = typer.Option("single", "--kind", help="single | compound (toy world splits)."),
+             kind: str = typer.Option("single", "--kind",
+                                      help="single | compound (toy world splits) | paraphrase (unseen phrasings)."),
              data: Optional[Path] = typer.Option(None, "--data", help="A JSONL of rows instead of a toy world split."),
              skills: Optional[str] = typer.Option(None, "--skills", help="Comma-separated skill ids to keep."),
              limit: int = typer.Option(0, "--limit", help="At most this many rows per skill (0: all)."),
              pipeline: bool = typer.Option(False, "--pipeline",
                                            help="Run rows through the orchestrator (decompose, route, chain)."),
+             canonical: Optional[bool] = typer.Option(None, "--canonical/--no-canonical",
+                                                      help="Show the model the nearest trained phrasing "
+                                                           "(default: as the library says)."),
+             decomposer: str = typer.Option("rules", "--decomposer", help="rules | single | model | model:PATH"),
              as_json: bool = typer.Option(False, "--json", help="Print JSON for machines.")) -> None:
     """Exact-match accuracy per skill, for the base model alone or with one LoRA brick."""
     from bricks.evaluation import exact_match_by_skill
@@ -77,11 +82,18 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
     from bricks.toyworld.skills import get_skill
 
     try:
-        if split not in ("train", "validation", "test") or kind not in ("single", "compound"):
-            fail(f"unknown split/kind {split!r}/{kind!r}; expected train|validation|test and single|compound")
+        if split not in ("train", "validation", "test") or kind not in ("single", "compound", "paraphrase"):
+            fail(f"unknown split/kind {split!r}/{kind!r}; expected train|validation|test and "
+                 "single|compound|paraphrase")
         wanted = [get_skill(s.strip()).id for s in skills.split(",")] if skills else None
-        path = data or split_path(world_data_dir(), kind, split)  # type: ignore[arg-type]
-        rows = [r.as_dict() for r in read_rows(path)]
+        if kind == "paraphrase" and data is None:
+            from bricks.toyworld.paraphrases import paraphrase_rows
+
+            path = Path("paraphrase-test")
+            rows = [r.to_json() for r in paraphrase_rows()]
+        else:
+            path = data or split_path(world_data_dir(), kind, split)  # type: ignore[arg-type]
+            rows = [r.as_dict() for r in read_rows(path)]
         if wanted:
             rows = [r for r in rows if set(r["skills"]) & set(wanted)]
         if limit:
@@ -94,8 +106,9 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
             rows = kept
         model_dir = model or world_model_dir()
         brick_path = None
+        plans = None
         if pipeline:
-            scores = _pipeline_scores(model_dir, library, rows)
+            scores, plans = _pipeline_scores(model_dir, library, rows, canonical, decomposer)
         else:
             tokenizer, net = load_tokenizer(model_dir), load_model(model_dir)
             brick_path = _brick_path(brick, library, net) if brick else None
@@ -107,7 +120,7 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
     except user_errors() as e:
         fail(str(e))
     payload = {"model": str(model_dir), "brick": str(brick_path) if brick_path else None, "data": str(path),
-               "pipeline": pipeline,
+               "pipeline": pipeline, "plans": plans,
                "scores": {k: {"correct": v.correct, "total": v.total, "accuracy": round(v.accuracy, 4)}
                           for k, v in scores.items()}}
     if as_json:
@@ -123,15 +136,29 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
     for k, v in scores.items():
         table.add_row(k, str(v.correct), str(v.total), f"{v.accuracy:.1%}")
     Console().print(table)
+    if plans:
+        Console().print(f"plans correct {plans['plans_correct']}/{plans['plans']} ({plans['plan_accuracy']:.1%}), "
+                        f"steps routed right {plans['steps_correct']}/{plans['steps']} "
+                        f"({plans['routing_accuracy']:.1%}), exact match {plans['exact_match']:.1%}")
 
 
-def _pipeline_scores(model_dir: Path, library: Optional[Path], rows: list[dict]):
-    """Exact match per skill chain when every row is planned, routed and run by an Orchestrator."""
+def _pipeline_scores(model_dir: Path, library: Optional[Path], rows: list[dict], canonical: Optional[bool],
+                     decomposer: str):
+    """Exact match per skill chain, and plan correctness, when an Orchestrator plans, routes and runs every row."""
     from bricks.evaluation import score_outputs
     from orchestrator.api import Orchestrator
+    from orchestrator.evaluation import expected_routes, plan_correctness
 
-    with Orchestrator.from_pretrained(model_dir, library) as orc:
-        return score_outputs(rows, [res.output for res in orc.run_batch(rows)])
+    with Orchestrator.from_pretrained(model_dir, library, decomposer=decomposer) as orc:
+        if canonical is not None:
+            orc.planner.canonical = canonical
+        results = orc.run_batch(rows)
+        ps = plan_correctness(rows, [r.plan for r in results], expected_routes(orc.planner.library))
+    exact = sum(r.output == row["output"] for r, row in zip(results, rows)) / max(1, len(rows))
+    plans = {"plans_correct": ps.plans_correct, "plans": ps.plans, "plan_accuracy": round(ps.plan_accuracy, 4),
+             "steps_correct": ps.steps_correct, "steps": ps.steps, "routing_accuracy": round(ps.routing_accuracy, 4),
+             "exact_match": round(exact, 4)}
+    return score_outputs(rows, [res.output for res in results]), plans
 
 
 def _brick_path(brick: str, library: Optional[Path], model) -> Path:

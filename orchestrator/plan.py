@@ -117,6 +117,7 @@ class Step(_Value):
     config: BrickConfig = BrickConfig()
     decoding: Decoding = Decoding()
     prompt_template: str | None = None
+    model_instruction: str | None = None  # what the model is shown instead of `instruction` (canonical phrasing)
     route: str | None = None  # why these bricks (routing policy's reason), for inspection
 
 

@@ -19,13 +19,16 @@ class Planner:
 
     def __init__(self, library, index, *, routing: RoutingPolicy | None = None,
                  decomposer: Decomposer | None = None, decoding: Decoding = Decoding(),
-                 composition: Composition = Composition()) -> None:
+                 composition: Composition = Composition(), canonical: bool | None = None) -> None:
         self.library = library
         self.index = index
         self.routing = routing or TopOne()
         self.decomposer = decomposer or RuleDecomposer()
         self.decoding = decoding
         self.composition = composition
+        # None: as the library says (LibraryConfig.canonical_instructions)
+        self.canonical = (getattr(getattr(library, "config", None), "canonical_instructions", False)
+                          if canonical is None else canonical)
         self._bricks: dict = {}
         self.excluded: dict[str, str] = {}
         self.refresh()
@@ -55,6 +58,21 @@ class Planner:
         return BrickConfig(bricks=tuple(refs), merge=self.composition.merge, density=self.composition.density,
                            mask_merge=self.composition.mask_merge), template
 
+    def _canonical(self, route: Route, hits) -> str | None:
+        """The trained phrasing nearest to the step, when the route took the nearest hit (see `canonical`)."""
+        if not self.canonical or not hits:
+            return None
+        best = hits[0]
+        if best.score < getattr(self.routing, "threshold", 0.5):
+            return None  # not close enough to any trained phrasing: the model sees the user's words
+        if route.is_base:
+            known = self.library.base_examples if best.key == BASE_KEY and route.best_score == best.score else ()
+        elif route.bricks[0].key == best.key:
+            known = self._bricks[best.key].manifest.examples
+        else:
+            known = ()
+        return best.text if best.text in known else None
+
     def plan_many(self, tasks: Sequence[tuple[object, object]]) -> list[Plan]:
         """Plans for many (instruction, input) pairs; all step instructions are searched in one batch."""
         checked = [(check_text(i, "instruction"), check_text(x if x is not None else "", "input", allow_empty=True))
@@ -66,11 +84,14 @@ class Planner:
         for (instruction, text), ps in zip(checked, parts):
             steps = []
             for j, part in enumerate(ps):
-                route = self.routing.route(self._usable(hits[pos]))
+                usable = self._usable(hits[pos])
+                route = self.routing.route(usable)
                 pos += 1
                 config, template = self._config(route)
+                shown = self._canonical(route, usable)
                 steps.append(Step(instruction=part, input_from=None if j == 0 else j - 1, config=config,
-                                  decoding=self.decoding, prompt_template=template, route=route.reason))
+                                  decoding=self.decoding, prompt_template=template,
+                                  model_instruction=shown if shown != part else None, route=route.reason))
             plans.append(Plan(instruction=instruction, input=text, steps=tuple(steps)))
         return plans
 

@@ -102,7 +102,8 @@ def build_world(out: Path, cfg: BuildConfig = BuildConfig(), *, progress: Progre
     progress("evaluate base", 1, 1, None)
     base_ref = BaseModelRef(name=TOY_MODEL_NAME, fingerprint=model_fingerprint(model_dir))
     base_examples = [p for s in EMERGENT_SKILLS for p in SKILLS[s].phrasings]
-    library = Library.create(stage / "library", base_model=base_ref, base_examples=base_examples)
+    library = Library.create(stage / "library", base_model=base_ref, base_examples=base_examples,
+                             canonical_instructions=True)
 
     train_rows = read_rows(split_path(stage / "data", "single", "train"))
     bricks_report = {}
@@ -144,12 +145,13 @@ def brick_training_rows(train_rows: Sequence[InstructionRow], skill_id: str, cfg
 
 def train_world_brick(model_dir: Path, tokenizer, skill_id: str, rows: Sequence[InstructionRow], test_rows: list[dict],
                       base_scores: dict[str, float], base_ref: BaseModelRef, cfg: BuildConfig, brick_dir: Path, *,
-                      version: int = 1, progress: Progress = _noop) -> dict:
+                      version: int = 1, progress: Progress = _noop, init_from: Path | None = None) -> dict:
     """Train one LoRA skill brick of the toy world into `brick_dir`; return its report entry."""
     t = time.perf_counter()
     base = load_model(model_dir)
     result = train_lora(base, tokenizer, rows, replace(cfg.lora, seed=cfg.seed),
-                        on_step=lambda s, n, loss: progress(f"lora {skill_id}", s, n, loss))
+                        on_step=lambda s, n, loss: progress(f"lora {skill_id}", s, n, loss),
+                        init_from=str(init_from) if init_from else None)
     own = _evaluate(result.model, tokenizer, _rows_of(test_rows, {skill_id}))[skill_id]
     others = _evaluate(result.model, tokenizer, _rows_of(test_rows, EMERGENT_SKILLS))
     skill = SKILLS[skill_id]

@@ -78,10 +78,14 @@ def _holdout_accuracy(model, tokenizer, rows: Sequence[InstructionRow], template
 
 def train_lora(base_model, tokenizer, rows: Sequence[InstructionRow], cfg: LoraTrainConfig = LoraTrainConfig(), *,
                template: PromptTemplate = DEFAULT_TEMPLATE, adapter_name: str = "default",
-               on_step: StepCallback | None = None) -> LoraTrainResult:
-    """Wrap `base_model` with a fresh LoRA adapter and train it on `rows`; the base weights stay frozen."""
+               on_step: StepCallback | None = None, init_from: str | None = None) -> LoraTrainResult:
+    """Wrap `base_model` with a LoRA adapter and train it on `rows`; the base weights stay frozen.
+
+    The adapter is fresh, or continues from the PEFT adapter folder `init_from` (updating a brick: its shape
+    comes from that folder, not from `cfg`).
+    """
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, PeftModel, get_peft_model
 
     if not rows:
         raise ValueError("no training rows")
@@ -89,7 +93,10 @@ def train_lora(base_model, tokenizer, rows: Sequence[InstructionRow], cfg: LoraT
     torch.manual_seed(cfg.seed)
     peft_cfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                           target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
-    model = get_peft_model(base_model, peft_cfg, adapter_name=adapter_name)
+    if init_from is not None:
+        model = PeftModel.from_pretrained(base_model, init_from, adapter_name=adapter_name, is_trainable=True)
+    else:
+        model = get_peft_model(base_model, peft_cfg, adapter_name=adapter_name)
     encoded = [encode_example(tokenizer, template, r.instruction, r.input, r.output) for r in train_rows]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)

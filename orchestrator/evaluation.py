@@ -1,0 +1,51 @@
+"""Plan correctness: did the planner pick the right steps, in order, each routed to the right brick?"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+__all__ = ["PlanScore", "expected_routes", "plan_correctness"]
+
+BASE = "base"
+
+
+@dataclass(frozen=True)
+class PlanScore:
+    """Plans with every step right; steps routed right (a step count mismatch makes all its steps wrong)."""
+
+    plans_correct: int
+    plans: int
+    steps_correct: int
+    steps: int
+
+    @property
+    def plan_accuracy(self) -> float:
+        return self.plans_correct / self.plans if self.plans else 0.0
+
+    @property
+    def routing_accuracy(self) -> float:
+        return self.steps_correct / self.steps if self.steps else 0.0
+
+
+def expected_routes(library) -> dict[str, str]:
+    """Skill id -> the brick id that serves it (from each manifest's `skills`, else its id); others run on base."""
+    out: dict[str, str] = {}
+    for brick in library.list():
+        for skill in getattr(brick.manifest, "skills", None) or [brick.id]:
+            out[skill] = brick.id
+    return out
+
+
+def plan_correctness(rows: Sequence[Mapping], plans: Sequence, routes: Mapping[str, str]) -> PlanScore:
+    """Score plans against rows' gold `skills` (ordered): each step's first brick id, or base, must match."""
+    plans_ok = steps_ok = steps = 0
+    for row, plan in zip(rows, plans):
+        want = [routes.get(s, BASE) for s in row["skills"]]
+        got = [s.config.bricks[0].id if s.config.bricks else BASE for s in plan.steps]
+        steps += len(want)
+        if len(got) == len(want):
+            hits = sum(w == g for w, g in zip(want, got))
+            steps_ok += hits
+            plans_ok += hits == len(want)
+    return PlanScore(plans_ok, len(rows), steps_ok, steps)
