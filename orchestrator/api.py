@@ -132,6 +132,10 @@ class Orchestrator:
             engine: Executor = TransformersExecutor(model_dir, lib, **executor_options)
         else:
             raise ValueError(f"unknown executor {executor!r}; expected 'transformers'")
+        if routing is None:
+            from orchestrator.calibrate import calibrated_routing
+
+            routing = calibrated_routing(lib.path)
         planner = Planner(lib, index, routing=routing, decomposer=make_decomposer(decomposer, engine),
                           decoding=decoding, composition=composition or Composition())
         _exclude_misfits(planner, lib, engine.model_config)

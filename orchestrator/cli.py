@@ -149,6 +149,47 @@ def index_build(library: Optional[Path] = LibraryOpt) -> None:
 
 
 @app.command()
+def calibrate(data: Path = typer.Option(..., "--data", help="Labeled JSONL: instruction + brick (id/null) or skills."),
+              library: Optional[Path] = LibraryOpt,
+              check: Optional[Path] = typer.Option(None, "--check", help="Labeled JSONL to measure on (default: --data)."),
+              save: bool = typer.Option(True, "--save/--dry-run", help="Write <library>/routing.json."),
+              as_json: bool = typer.Option(False, "--json")) -> None:
+    """Fit per-brick routing thresholds; report routing precision/recall before and after."""
+    from orchestrator.calibrate import calibrate as fit, read_labeled, save_thresholds, score_steps
+    from orchestrator.factory import open_planner
+    from policies.calibration import routing_metrics
+
+    try:
+        planner = open_planner(library)
+        cal = fit(planner, read_labeled(data, planner.library))
+        measured = {"before": cal.before, "after": cal.after}
+        if check is not None:
+            examples = score_steps(planner, read_labeled(check, planner.library))
+            current = dict(getattr(planner.routing, "thresholds", {}) or {})
+            measured = {"before": routing_metrics(examples, current, cal.default),
+                        "after": routing_metrics(examples, cal.thresholds, cal.default)}
+        path = save_thresholds(planner.library.path, cal, str(data)) if save else None
+    except user_errors() as e:
+        fail(str(e))
+    report = {"thresholds": cal.thresholds, "default": cal.default, "fitted_steps": cal.steps,
+              "measured_on": str(check or data), "saved_to": str(path) if path else None,
+              **{k: {"accuracy": round(m.accuracy, 4), "macro_precision": round(m.macro_precision, 4),
+                     "macro_recall": round(m.macro_recall, 4),
+                     "precision": {b: round(v, 4) for b, v in m.precision.items()},
+                     "recall": {b: round(v, 4) for b, v in m.recall.items()}} for k, m in measured.items()}}
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    for k in ("before", "after"):
+        r = report[k]
+        typer.echo(f"{k:6} accuracy {r['accuracy']:.3f}  macro precision {r['macro_precision']:.3f}  "
+                   f"macro recall {r['macro_recall']:.3f}")
+    typer.echo("thresholds: " + ", ".join(f"{b}={t}" for b, t in cal.thresholds.items()))
+    if path:
+        typer.echo(f"saved to {path}")
+
+
+@app.command()
 def info(as_json: bool = typer.Option(False, "--json"), model: Optional[Path] = ModelOpt,
          library: Optional[Path] = LibraryOpt) -> None:
     """Which model, library, index and embedder brickwork uses, and where they live."""

@@ -24,6 +24,10 @@ def open_planner(library: Path | None = None, *, embedder=None, routing=None, de
         from index import SentenceTransformerEmbedder
 
         embedder = SentenceTransformerEmbedder()
+    if routing is None:
+        from orchestrator.calibrate import calibrated_routing
+
+        routing = calibrated_routing(lib.path)
     return Planner(lib, _open_index(lib, embedder), routing=routing, decomposer=decomposer)
 
 

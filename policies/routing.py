@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -46,12 +46,19 @@ class RoutingPolicy(Protocol):
     def route(self, hits: Sequence[SearchHit]) -> Route: ...
 
 
-def _base_or_fallback(hits: Sequence[SearchHit], threshold: float) -> Route | None:
+def brick_id(key: str) -> str:
+    """`caesar@2` -> `caesar`: calibrated thresholds belong to a brick id, whatever its version."""
+    return key.rsplit("@", 1)[0]
+
+
+def _base_or_fallback(hits: Sequence[SearchHit], threshold: float,
+                      thresholds: Mapping[str, float] | None = None) -> Route | None:
     if not hits:
         return Route((), "fallback: the index is empty", None)
     best = hits[0]
     if best.key == BASE_KEY:
         return Route((), f"base: nearest to what the base model does ({best.score:.3f})", best.score)
+    threshold = (thresholds or {}).get(brick_id(best.key), threshold)
     if best.score < threshold:
         return Route((), f"fallback: best score {best.score:.3f} ({best.key}) < threshold {threshold}", best.score)
     return None
@@ -59,14 +66,18 @@ def _base_or_fallback(hits: Sequence[SearchHit], threshold: float) -> Route | No
 
 @dataclass(frozen=True)
 class TopOne:
-    """The single best brick when its score reaches `threshold`, else the base model."""
+    """The single best brick when its score reaches its threshold, else the base model.
+
+    `thresholds` (brick id -> threshold, from `brickwork calibrate`) override `threshold` per brick.
+    """
 
     threshold: float = 0.5
     name: str = "top1"
     k: int = 3
+    thresholds: Mapping[str, float] = field(default_factory=dict)
 
     def route(self, hits: Sequence[SearchHit]) -> Route:
-        early = _base_or_fallback(hits, self.threshold)
+        early = _base_or_fallback(hits, self.threshold, self.thresholds)
         if early:
             return early
         best = hits[0]
@@ -84,14 +95,15 @@ class TopKWeighted:
     threshold: float = 0.5
     temperature: float = 0.05
     name: str = "topk"
+    thresholds: Mapping[str, float] = field(default_factory=dict)
 
     def route(self, hits: Sequence[SearchHit]) -> Route:
-        early = _base_or_fallback(hits, self.threshold)
+        early = _base_or_fallback(hits, self.threshold, self.thresholds)
         if early:
             return early
         chosen = []
         for hit in hits[: self.k]:
-            if hit.key == BASE_KEY or hit.score < self.threshold:
+            if hit.key == BASE_KEY or hit.score < self.thresholds.get(brick_id(hit.key), self.threshold):
                 break
             chosen.append(hit)
         top = chosen[0].score

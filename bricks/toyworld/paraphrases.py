@@ -11,7 +11,7 @@ import random
 from bricks.toyworld.skills import SKILLS
 from bricks.toyworld.tasks import TaskRow, sample_compound, sample_single
 
-__all__ = ["PARAPHRASES", "NEW_CONNECTIVES", "paraphrase_rows"]
+__all__ = ["PARAPHRASES", "NEW_CONNECTIVES", "OUT_OF_SCOPE", "paraphrase_rows", "calibration_rows"]
 
 PARAPHRASES: dict[str, tuple[str, ...]] = {
     "reverse": ("Flip the word around.", "Read it back to front.", "Turn the string backwards.",
@@ -88,4 +88,28 @@ def paraphrase_rows(seed: int = 0, singles_per_skill: int = 40, compounds: int =
         row = sample_compound(rng, "test")
         parts = [rng.choice(PARAPHRASES[s]) for s in row.skills]
         rows.append(TaskRow(f"para-compound-{i:03d}", _join(parts, rng), row.input, row.output, row.skills))
+    return rows
+
+
+# Requests no brick serves: a router should leave them to the base model (labeled with no skill).
+OUT_OF_SCOPE: tuple[str, ...] = (
+    "Translate the sentence into French.", "Summarize this paragraph.", "Write a haiku about autumn.",
+    "What is the capital of Peru?", "Fix the grammar of the text.", "Explain how photosynthesis works.",
+    "Tell me a joke.", "Convert the temperature to Fahrenheit.", "Classify the sentiment of the review.",
+    "Generate a SQL query for the table.", "Name three prime numbers.", "Describe the picture.",
+    "Write an email to my manager.", "Is this sentence sarcastic?", "List the planets of the solar system.",
+    "Translate the word into German.", "Who wrote Hamlet?", "Draft a tweet about the launch.",
+    "Find the square root of the number.", "Paraphrase the sentence politely.",
+)
+
+
+def calibration_rows(part: str) -> list[dict[str, object]]:
+    """Labeled instructions for `brickwork calibrate`: part "fit" uses the first half of every paraphrase list
+    and of OUT_OF_SCOPE, part "check" the second half (so thresholds are checked on phrasings they never saw)."""
+    if part not in ("fit", "check"):
+        raise ValueError(f"unknown calibration part {part!r}; expected 'fit' or 'check'")
+    pick = (lambda xs: xs[: len(xs) // 2]) if part == "fit" else (lambda xs: xs[len(xs) // 2 :])
+    rows: list[dict[str, object]] = [{"instruction": p, "skills": [skill]}
+                                     for skill, phrasings in PARAPHRASES.items() for p in pick(phrasings)]
+    rows += [{"instruction": p, "skills": []} for p in pick(OUT_OF_SCOPE)]
     return rows

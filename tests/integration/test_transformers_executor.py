@@ -57,3 +57,19 @@ def test_unsupported_features_reported_together(executor):
     with pytest.raises(UnsupportedConfigError, match="m1@1.*m2@1"):
         executor.generate([GenerationRequest("x", BrickConfig(bricks=(mask,))),
                            GenerationRequest("y", BrickConfig(bricks=(mask2,)))])
+
+
+@pytest.mark.parametrize("merge,density", [("linear", None), ("svd", None), ("ties", 0.5), ("dare_linear", 0.5),
+                                           ("dare_ties", 0.5)])
+def test_every_merge_method_is_cached_and_deterministic(executor, merge, density):
+    from orchestrator.transformers_executor import TransformersExecutor
+
+    mix = BrickConfig(bricks=(_ref(executor, "caesar", 0.6), _ref(executor, "double", 0.4)), merge=merge,
+                      density=density)
+    req = GenerationRequest("Apply a Caesar shift of one.\nIn: abcdef\nOut: ", mix, Decoding(max_new_tokens=8))
+    merges, hits = executor.merge_stats.merges, executor.merge_stats.hits
+    first = executor.generate([req])
+    assert executor.merge_stats.merges == merges + 1
+    assert executor.generate([req]) == first and executor.merge_stats.hits == hits + 1
+    fresh = TransformersExecutor(executor.model_dir, executor.library)  # DARE is seeded: same merge elsewhere
+    assert fresh.generate([req]) == first
