@@ -49,6 +49,7 @@ class BrickConfig(_Value):
     merge: MergeMethod = "single"
     density: float | None = Field(default=None, gt=0.0, le=1.0)  # kept fraction for ties / dare / prune merges
     mask_merge: MaskMerge = "union"
+    mask_mode: Literal["keep", "ablate"] = "keep"  # run only the mask bricks' neurons, or all but them
 
     @model_validator(mode="after")
     def _check(self) -> "BrickConfig":
@@ -89,7 +90,8 @@ class BrickConfig(_Value):
         masks = sorted(b.key for b in self.masks)
         if not masks:
             return "-"
-        return masks[0] if len(masks) == 1 else f"{self.mask_merge}({','.join(masks)})"
+        name = masks[0] if len(masks) == 1 else f"{self.mask_merge}({','.join(masks)})"
+        return name if self.mask_mode == "keep" else f"ablate({name})"
 
     @property
     def key(self) -> str:

@@ -44,7 +44,7 @@ class TransformersExecutor:
     name = "transformers"
 
     def __init__(self, model_dir: Path, library, *, dtype: str = "auto", batch_size: int = 256,
-                 trust_remote_code: bool = False, merge_seed: int = 0) -> None:
+                 trust_remote_code: bool = False, merge_seed: int = 0, compact: bool = True) -> None:
         self.model_dir = Path(model_dir)
         self.library = library
         self.batch_size = batch_size
@@ -52,6 +52,8 @@ class TransformersExecutor:
         self.model = load_model(self.model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
         self._loaded: set[str] = set()
         self.merge_seed = merge_seed
+        self.compact = compact  # emergent bricks without LoRA run as smaller FFN matrices (fewer FLOPs)
+        self._mask_cache: dict[str, dict] = {}
         self.merge_stats = MergeStats()
         self._lock = threading.Lock()
 
@@ -115,27 +117,70 @@ class TransformersExecutor:
         log.info("merged %s in %.1f ms", config.lora_key, ms)
 
     # -- Executor ---------------------------------------------------------------------------------------
+    def _masks(self, config: BrickConfig) -> dict | None:
+        """The combined neuron mask of `config`'s emergent bricks (loaded once per brick), None without any."""
+        refs = config.masks
+        if not refs:
+            return None
+        from bricks.ffn_mask import FfnMaskBrick, combine_masks
+
+        loaded = []
+        for ref in refs:
+            if ref.key not in self._mask_cache:
+                brick = self.library.get(ref.id, ref.version)
+                mask_brick = FfnMaskBrick.from_dir(brick.path, brick.manifest)
+                mask_brick.check_fits(self.model.config)
+                self._mask_cache[ref.key] = mask_brick.masks()
+            loaded.append(self._mask_cache[ref.key])
+        return loaded[0] if len(loaded) == 1 else combine_masks(loaded, config.mask_merge)
+
+    def _ffn_context(self, config: BrickConfig, adapter: str | None):
+        """Masked FFN, or compact FFN when no LoRA runs in this group and `compact` is on."""
+        import contextlib
+
+        from bricks.emergent import apply_masks, compact_ffn
+
+        masks = self._masks(config)
+        if masks is None:
+            return contextlib.nullcontext()
+        if self.compact and adapter is None:
+            return compact_ffn(self.model, masks, config.mask_mode)
+        return apply_masks(self.model, masks, config.mask_mode)
+
+    # -- Executor ---------------------------------------------------------------------------------------
     def check(self, requests: Sequence[GenerationRequest]) -> None:
-        """Raise one UnsupportedConfigError listing every unsupported feature among `requests`."""
-        problems = sorted({f"brick {b.key} of kind {b.kind} (masked FFN runs with the emergent-bricks executor)"
-                           for r in requests for b in r.config.bricks if b.kind != "lora"})
+        """Raise one UnsupportedConfigError listing every brick that cannot run here (kind, fit)."""
+        from bricks.errors import BrickError
+
+        problems = set()
+        for r in requests:
+            for b in r.config.bricks:
+                if b.kind not in ("lora", "ffn_mask"):
+                    problems.add(f"brick {b.key} of unknown kind {b.kind}")
+                elif b.kind == "ffn_mask":
+                    try:
+                        self._masks(BrickConfig(bricks=(b,)))
+                    except (BrickError, KeyError, ValueError) as e:
+                        problems.add(f"brick {b.key}: {str(e).splitlines()[0]}")
         if problems:
-            raise UnsupportedConfigError("transformers executor cannot run: " + "; ".join(problems))
+            raise UnsupportedConfigError("transformers executor cannot run: " + "; ".join(sorted(problems)))
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
         self.check(requests)
         out: list[str] = [""] * len(requests)
         with self._lock:
             for (_, decoding), idx in group_requests(requests).items():
-                adapter = self._activate(requests[idx[0]].config)
+                config = requests[idx[0]].config
+                adapter = self._activate(config)
                 prompts = [requests[i].prompt for i in idx]
                 kwargs = dict(max_new_tokens=decoding.max_new_tokens, batch_size=self.batch_size,
                               do_sample=decoding.temperature > 0, temperature=decoding.temperature or 1.0,
                               top_p=decoding.top_p)
-                if adapter is None and hasattr(self.model, "disable_adapter"):
-                    with self.model.disable_adapter():
-                        texts = generate_texts(self.model, self.tokenizer, prompts, **kwargs)
-                else:
+                import contextlib
+
+                off = (self.model.disable_adapter() if adapter is None and hasattr(self.model, "disable_adapter")
+                       else contextlib.nullcontext())
+                with off, self._ffn_context(config, adapter):
                     texts = generate_texts(self.model, self.tokenizer, prompts, **kwargs)
                 for i, text in zip(idx, texts):
                     out[i] = text
