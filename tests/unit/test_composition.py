@@ -1,5 +1,7 @@
 """Merge configurations, mask union/intersection, step failure isolation, model-written plans."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from pydantic import ValidationError
@@ -79,7 +81,7 @@ def test_failing_step_is_named_and_earlier_outputs_kept():
     bad = Plan(instruction="y", input="cd", steps=(
         Step(instruction="s0"), Step(instruction="s1", input_from=0, config=BrickConfig(bricks=(_lora("bad"),))),
         Step(instruction="s2", input_from=1)))
-    orc = Orchestrator(planner=None, executor=_FlakyExecutor())
+    orc = Orchestrator(planner=SimpleNamespace(library=None), executor=_FlakyExecutor())
     ok, failed = orc._run_plans([good, bad], [0.0, 0.0])
     assert ok.error is None and ok.output == "AB!!!"
     assert failed.error.startswith("step 1 failed: UnsupportedConfigError: cannot run brick bad@1")
