@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write_text"]
+__all__ = ["atomic_write_text", "staged_folder"]
+
+
+@contextlib.contextmanager
+def staged_folder(folder: Path) -> Iterator[Path]:
+    """A temp folder beside `folder` (which must not exist) to write into; renamed to `folder` when the block
+    succeeds, removed when it fails, so `folder` is either complete or absent."""
+    folder = Path(folder)
+    if folder.exists():
+        raise FileExistsError(f"brick folder {str(folder)!r} already exists")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        yield tmp
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "brick.json"
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
+BRICK_ID = _ID  # what a brick id must match
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
 
 

@@ -165,3 +165,30 @@ class BrickIndex:
         for i in ids:
             del self._entries[i]
 
+
+    def copy(self) -> "BrickIndex":
+        """An independent copy (change it, then swap it in, while readers keep searching this one)."""
+        import faiss
+
+        return BrickIndex(self.embedder, faiss.clone_index(self._index), self._entries,
+                          source_fingerprint=self.source_fingerprint, next_id=self._next_id, nprobe=self.nprobe)
+
+    def documents(self) -> dict[str, tuple[str, ...]]:
+        """Key -> the texts indexed for it, in the order they were added."""
+        return {key: tuple(self._entries[i][1] for i in sorted(ids)) for key, ids in self._by_key.items()}
+
+    def sync(self, documents: Sequence[BrickDocument], *, source_fingerprint: str) -> tuple[list[str], list[str]]:
+        """Make the index hold exactly `documents`: only keys that are new, gone or changed are (re-)embedded.
+
+        Returns (added or changed keys, removed keys); `source_fingerprint` is recorded as the new state.
+        """
+        wanted = {d.key: tuple(d.texts) for d in documents}
+        have = self.documents()
+        removed = sorted(k for k in have if k not in wanted)
+        added = sorted(k for k, texts in wanted.items() if have.get(k) != texts)
+        for key in removed:
+            self.remove(key)
+        for key in added:
+            self.add(BrickDocument(key, wanted[key]))
+        self.source_fingerprint = source_fingerprint
+        return added, removed

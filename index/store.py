@@ -6,6 +6,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 
 from bricks.atomic import atomic_write_text
@@ -43,7 +44,8 @@ def save(index: BrickIndex, folder: Path) -> None:
     atomic_write_text(folder / META_FILE, json.dumps(meta))
 
 
-def load(folder: Path, embedder, *, expected_fingerprint: str) -> BrickIndex:
+def load(folder: Path, embedder, *, expected_fingerprint: str | None) -> BrickIndex:
+    """The saved index; `expected_fingerprint` None accepts any library state (to update a stale index)."""
     import faiss
 
     folder = Path(folder)
@@ -60,7 +62,7 @@ def load(folder: Path, embedder, *, expected_fingerprint: str) -> BrickIndex:
     if meta.get("embedder") != embedder.name or meta.get("dim") != embedder.dim:
         raise StaleIndexError(f"{meta_path}: built with {meta.get('embedder')!r} dim {meta.get('dim')}, "
                               f"not {embedder.name!r} dim {embedder.dim}")
-    if meta.get("source_fingerprint") != expected_fingerprint:
+    if expected_fingerprint is not None and meta.get("source_fingerprint") != expected_fingerprint:
         raise StaleIndexError(f"{meta_path}: built from library {meta.get('source_fingerprint')}, "
                               f"which is now {expected_fingerprint}")
     try:
@@ -69,17 +71,31 @@ def load(folder: Path, embedder, *, expected_fingerprint: str) -> BrickIndex:
         raise IndexLoadError(f"{faiss_path}: corrupt FAISS index ({str(e).splitlines()[0]})") from None
     if raw.ntotal != meta.get("faiss_ntotal") or raw.ntotal != len(entries):
         raise IndexLoadError(f"{faiss_path}: holds {raw.ntotal} vectors, its metadata {len(entries)}")
-    return BrickIndex(embedder, raw, entries, source_fingerprint=expected_fingerprint, next_id=meta.get("next_id"),
+    fingerprint = expected_fingerprint if expected_fingerprint is not None else str(meta.get("source_fingerprint"))
+    return BrickIndex(embedder, raw, entries, source_fingerprint=fingerprint, next_id=meta.get("next_id"),
                       nprobe=int(meta.get("nprobe", 16)))
 
 
 def open_or_build(folder: Path, documents: Callable[[], Sequence[BrickDocument]], embedder,
-                  fingerprint: str) -> tuple[BrickIndex, bool]:
-    """The saved index if it is fresh; otherwise build it from `documents()`, save it, and say so."""
+                  fingerprint: str, *, lock: Callable[[], ContextManager] | None = None) -> tuple[BrickIndex, bool]:
+    """The saved index if it is fresh; otherwise bring it up to date from `documents()`, save it, and say so.
+
+    An index saved from an older state of the same library, with the same embedder, is updated in place
+    (only new, changed or removed documents are embedded or dropped); anything else is rebuilt. `lock` (e.g.
+    the library's write lock) is held while a stale index is updated and saved, so writers do not interleave.
+    """
     try:
         return load(folder, embedder, expected_fingerprint=fingerprint), False
     except (IndexLoadError, StaleIndexError) as e:
-        log.info("rebuilding the brick index: %s", e)
-    index = BrickIndex.build(documents(), embedder, source_fingerprint=fingerprint)
+        log.info("updating the brick index: %s", e)
+    if lock is not None:
+        with lock():
+            return open_or_build(folder, documents, embedder, fingerprint)
+    try:
+        index = load(folder, embedder, expected_fingerprint=None)
+        added, removed = index.sync(documents(), source_fingerprint=fingerprint)
+        log.info("brick index updated: %d document(s) added or changed, %d removed", len(added), len(removed))
+    except (IndexLoadError, StaleIndexError):
+        index = BrickIndex.build(documents(), embedder, source_fingerprint=fingerprint)
     save(index, folder)
     return index, True

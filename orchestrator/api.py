@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -44,13 +45,19 @@ def _open_index(library, embedder):
     folder = Path(library.path) / "index"
     fingerprint = index_fingerprint(library)
     try:
-        index, rebuilt = open_or_build(folder, lambda: library_documents(library), embedder, fingerprint)
+        index, rebuilt = open_or_build(folder, lambda: library_documents(library), embedder, fingerprint,
+                                       lock=getattr(library, "locked", None))
         if rebuilt:
             log.info("brick index rebuilt at %s", folder)
         return index
     except OSError as e:  # a read-only library (e.g. installed in site-packages): keep the index in memory
         log.warning("cannot write the brick index beside the library (%s); using an in-memory index", e)
         return BrickIndex.build(library_documents(library), embedder, source_fingerprint=fingerprint)
+
+
+def _library_stamp(library) -> object:
+    stamp = getattr(library, "stamp", None)
+    return stamp() if stamp else None
 
 
 def make_decomposer(spec, engine=None):
@@ -104,6 +111,8 @@ class Orchestrator:
         self.executor = executor
         self.template = template
         self.model_dir = model_dir
+        self._reload_lock = threading.Lock()
+        self._library_stamp = _library_stamp(planner.library)
 
     @classmethod
     def from_pretrained(cls, model: str | Path | None = None, library: str | Path | None = None,
@@ -144,6 +153,7 @@ class Orchestrator:
     # -- planning ---------------------------------------------------------------------------------------
     def plan(self, instruction: object, input: object = None) -> Plan:
         """The plan for one instruction, without running it."""
+        self._follow_library()
         return self.planner.plan(instruction, input)
 
     # -- running ----------------------------------------------------------------------------------------
@@ -156,7 +166,12 @@ class Orchestrator:
 
     def run_plan(self, plan: Plan) -> Result:
         """Run a given plan (e.g. one read back with `Plan.from_json`)."""
+        self._follow_library()
         return self._run_plans([plan], [0.0])[0]
+
+    def run_plans(self, plans: Sequence[Plan]) -> list[Result]:
+        """Run given plans together: steps of the same depth across all plans share batches."""
+        return self._run_plans(list(plans), [0.0] * len(plans))
 
     def run_batch(self, rows: Iterable[Mapping | Sequence | str]) -> list[Result]:
         """Plan and run many tasks together: steps of the same depth across all tasks share batches.
@@ -173,6 +188,7 @@ class Orchestrator:
             else:
                 tasks.append((row[0], row[1] if len(row) > 1 else None))
         t0 = time.perf_counter()
+        self._follow_library()
         plans = self.planner.plan_many(tasks)
         per_plan_ms = (time.perf_counter() - t0) * 1000 / max(1, len(plans))
         return self._run_plans(plans, [per_plan_ms] * len(plans))
@@ -256,3 +272,50 @@ class Orchestrator:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    # -- growing and updating the library -----------------------------------------------------------------
+    reload_on_change: bool = True  # before planning, pick up bricks another process added, updated or removed
+
+    def _follow_library(self) -> None:
+        if self.reload_on_change and _library_stamp(self.planner.library) != self._library_stamp:
+            self.reload()
+
+    def reload(self):
+        """Re-read the library and make the index and routing follow it; returns a `LibraryChange`.
+
+        Runs by itself before planning when the library changed on disk (`reload_on_change`); call it after
+        changing the library behind the orchestrator's back in this process.
+        """
+        from orchestrator.lifecycle import follow_library
+
+        with self._reload_lock:
+            library = self.planner.library
+            self._library_stamp = _library_stamp(library)
+            other = getattr(self.executor, "library", library)
+            for lib in (library,) if other is library else (library, other):
+                if hasattr(lib, "refresh"):
+                    lib.refresh()
+            return follow_library(self.planner, model_config=getattr(self.executor, "model_config", None))
+
+    def add_brick(self, source: str | Path):
+        """Add the brick folder `source` to the library (a new id) and make it routable at once."""
+        brick = self.planner.library.add(Path(source))
+        self.reload()
+        return brick
+
+    def update_brick(self, source: str | Path):
+        """Add the brick folder `source` as a new, active version of an existing id; routing follows at once."""
+        brick = self.planner.library.update(Path(source))
+        self.reload()
+        return brick
+
+    def rollback_brick(self, brick_id: str, to: int | None = None):
+        """Make the previous version of a brick (or version `to`) active again; routing follows at once."""
+        brick = self.planner.library.rollback(brick_id, to)
+        self.reload()
+        return brick
+
+    def remove_brick(self, brick_id: str, version: int | None = None) -> None:
+        """Remove a brick (every version, or one) from the library and from routing."""
+        self.planner.library.remove(brick_id, version)
+        self.reload()

@@ -208,7 +208,9 @@ def info(as_json: bool = typer.Option(False, "--json"), model: Optional[Path] = 
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from orchestrator import cli_world  # noqa: F401  (registers toyworld and eval)
+    from orchestrator import cli_emergent, cli_world  # noqa: F401  (register discover, analyze, toyworld, eval)
+    from orchestrator import cli_bricks  # noqa: F401  (registers bricks train/update/add/remove/rollback/verify)
+    from orchestrator import cli_batch  # noqa: F401  (registers batch)
 
     app()
 

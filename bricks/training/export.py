@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from bricks.atomic import staged_folder
 from bricks.manifest import BaseModelRef, BrickManifest, file_entry
 
 __all__ = ["write_lora_brick"]
@@ -20,11 +19,7 @@ def write_lora_brick(peft_model, folder: Path, *, brick_id: str, description: st
                      adapter_name: str = "default", extra: Mapping[str, object] | None = None) -> Path:
     """Save `peft_model`'s adapter and its manifest into `folder` (which must not exist yet)."""
     folder = Path(folder)
-    if folder.exists():
-        raise FileExistsError(f"brick folder {str(folder)!r} already exists")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with staged_folder(folder) as tmp:
         peft_model.save_pretrained(str(tmp), selected_adapters=[adapter_name], safe_serialization=True)
         sub = tmp / adapter_name
         if adapter_name != "default" and sub.is_dir():  # PEFT nests non-default adapters in a subfolder
@@ -40,8 +35,4 @@ def write_lora_brick(peft_model, folder: Path, *, brick_id: str, description: st
             prompt_template=prompt_template, skills=list(skills), **dict(extra or {}),
         )
         manifest.save(tmp / "brick.json")
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder

@@ -1,0 +1,119 @@
+"""`brickwork batch IN -o OUT`: run every row of a JSONL, CSV or Parquet file, resumably, locally or on Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from orchestrator.cli import LibraryOpt, ModelOpt, app, fail, user_errors
+
+__all__ = ["batch"]
+
+
+def _progress_bar():
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    return Progress(TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
+                    TimeRemainingColumn(), transient=False)
+
+
+def _print_summary(summary, as_json: bool) -> None:
+    data = summary.as_dict()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    acc = f", accuracy {data['accuracy']:.1%} on {data['gold_rows']} gold rows" if data["accuracy"] is not None else ""
+    typer.echo(f"rows {data['rows']} (written now {data['written']}, already done {data['skipped']}), "
+               f"errors {data['errors']}, {data['rows_per_s']:.2f} rows/s over {data['seconds']:.1f} s{acc}")
+    usage = ", ".join(f"{k} {v}" for k, v in data["brick_usage"].items()) or "none"
+    typer.echo(f"bricks used (steps): {usage}")
+    typer.echo(f"output: {data['output']}")
+
+
+@app.command()
+def batch(input_path: Path = typer.Argument(..., metavar="IN", help="JSONL, CSV or Parquet rows: id, instruction, "
+                                                                     "optional input and gold output."),
+          out: Path = typer.Option(..., "--out", "-o", help="Output JSONL (id, output, steps, error); resumed if it "
+                                                            "exists and belongs to this job."),
+          fmt: Optional[str] = typer.Option(None, "--format", help="jsonl | csv | parquet (default: from the suffix)."),
+          engine: str = typer.Option("local", "--engine", help="local | ray"),
+          chunk_size: int = typer.Option(1024, "--chunk-size",
+                                         help="Rows planned and run together (a resumed chunk is rerun whole)."),
+          workers: int = typer.Option(2, "--workers", help="Ray worker actors (one Orchestrator each)."),
+          address: Optional[str] = typer.Option(None, "--address",
+                                                help="Ray cluster address (default: start a local Ray)."),
+          cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker"),
+          gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker"),
+          model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt,
+          executor: str = typer.Option("transformers", "--executor", help="transformers | vllm"),
+          as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")) -> None:
+    """Run every row of IN and append one row per id to OUT; a rerun resumes where the last run stopped."""
+    from orchestrator.batch import BatchError, BatchJob, run_local
+
+    if engine not in ("local", "ray"):
+        fail(f"unknown engine {engine!r}; expected local or ray")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        job = BatchJob.open(input_path, out, model=model, library=library, fmt=fmt, chunk_size=chunk_size)
+        if engine == "ray":
+            from orchestrator.batch_ray import import_ray
+
+            import_ray()  # a missing extra stops here, before any model loads
+    except (BatchError, *user_errors()) as e:
+        fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    bad = sum(r.error is not None for r in job.input.rows)
+    if bad and not quiet:
+        first = next(r.error for r in job.input.rows if r.error)
+        typer.echo(f"{bad} row(s) cannot run and become error rows (first: {first})", err=True)
+    if job.done and not quiet:
+        typer.echo(f"resuming: {len(job.done)} of {len(job.input.rows)} rows already in {out}", err=True)
+    bar = None if quiet or as_json else _progress_bar()
+    task = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal task
+        if bar is None:
+            return
+        if task is None:
+            task = bar.add_task("batch", total=total, rate="")
+        elapsed = bar.tasks[task].elapsed or 0.0
+        bar.update(task, completed=done, rate=f"{done / elapsed:.1f} rows/s" if elapsed > 0 and done else "")
+
+    try:
+        if bar is not None:
+            bar.start()
+        if job.remaining == 0:
+            from orchestrator.batch import run_local
+
+            summary = run_local(job, None, progress=progress)
+        elif engine == "ray":
+            from orchestrator.batch_ray import run_ray
+
+            summary = run_ray(job, model=model, library=library, executor=executor, workers=workers,
+                              address=address, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+                              progress=progress)
+        else:
+            from orchestrator.api import Orchestrator
+
+            with Orchestrator.from_pretrained(model, library, executor) as orc:
+                summary = run_local(job, orc, progress=progress)
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.stop()
+        typer.echo(f"interrupted: {len(job.done)} of {len(job.input.rows)} rows are in {out}; "
+                   "run the same command again to resume", err=True)
+        raise typer.Exit(130)
+    except (BatchError, *user_errors()) as e:
+        if bar is not None:
+            bar.stop()
+        fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    if bar is not None:
+        bar.stop()
+    _print_summary(summary, as_json)

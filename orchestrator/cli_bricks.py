@@ -1,0 +1,253 @@
+"""CLI commands for the brick lifecycle: `brickwork bricks train | update | add | remove | rollback | versions | verify`.
+
+Every change goes through `bricks.Library` (temp folder, rename, file lock), so several writers may share a
+library. The saved index is brought up to date by the next reader (only changed bricks are embedded), or at
+once with `--index`; a running Orchestrator follows the library by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from orchestrator.cli import LibraryOpt, ModelOpt, bricks_app, fail, user_errors
+
+__all__ = ["bricks_app"]
+
+IndexOpt = typer.Option(False, "--index/--no-index",
+                        help="Also update the saved brick index now (else the next reader updates it).")
+StepsOpt = typer.Option(3000, "--steps", help="Most training steps (training stops early at --target).")
+LrOpt = typer.Option(4e-3, "--lr", help="Peak learning rate.")
+RankOpt = typer.Option(16, "--rank", help="LoRA rank r (alpha is 2r).")
+BatchOpt = typer.Option(64, "--batch-size")
+TargetOpt = typer.Option(0.99, "--target", help="Stop once the held-out exact match reaches this.")
+EvalEveryOpt = typer.Option(250, "--eval-every", help="Measure the held-out part every this many steps.")
+SeedOpt = typer.Option(0, "--seed")
+EvalDataOpt = typer.Option(None, "--eval-data", help="A JSONL test split to measure the brick on as well.")
+JsonOpt = typer.Option(False, "--json", help="Print JSON for machines.")
+
+
+def _library(library: Path | None):
+    from orchestrator.factory import open_library
+
+    return open_library(library)
+
+
+def _model_dir(model: Path | None) -> Path:
+    from bricks.toyworld.paths import world_model_dir
+
+    return Path(model) if model is not None else world_model_dir()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _sync_index(lib, index: bool) -> None:
+    if not index:
+        return
+    from index import SentenceTransformerEmbedder
+    from orchestrator.lifecycle import sync_saved_index
+
+    vectors, changed = sync_saved_index(lib, SentenceTransformerEmbedder())
+    typer.echo(f"index {'updated' if changed else 'already up to date'}: {vectors} vectors", err=True)
+
+
+def _train(*, data: Path, brick_id: str, description: str | None, examples: list[str], model: Path | None,
+           library: Path | None, update: bool, continue_training: bool, eval_data: Path | None, steps: int,
+           lr: float, rank: int, batch_size: int, target: float, eval_every: int, seed: int, index: bool,
+           as_json: bool) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from bricks.rows import read_rows
+    from bricks.training.lora import LoraTrainConfig
+    from bricks.training.trainer import BrickSpec, check_brick_id, train_brick
+
+    try:
+        lib = _library(library)
+        rows = read_rows(data, require_output=True)
+        eval_rows = read_rows(eval_data, require_output=True) if eval_data else []
+        check_brick_id(lib, brick_id, update=update)
+        if update:
+            current = lib.get(brick_id).manifest
+            description = description or current.description
+            examples = examples or list(current.examples)
+        if not description or not description.strip():
+            fail("--description is required for a new brick (what the brick does, in one sentence)")
+        cfg = LoraTrainConfig(r=rank, alpha=2 * rank, lr=lr, max_steps=steps, batch_size=batch_size, seed=seed,
+                              target_accuracy=target, eval_every=eval_every)
+        spec = BrickSpec(id=brick_id, description=description.strip(), examples=tuple(examples))
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                       TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                       transient=as_json)
+        task = bar.add_task(f"train {brick_id}", total=steps, loss="")
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            if step == 1:  # shown once training runs: checks that fail before it print one line only
+                bar.start()
+            bar.update(task, completed=step, loss=f"loss {loss:.4f}")
+
+        try:
+            trained = train_brick(_model_dir(model), rows, spec, lib, cfg=cfg, update=update,
+                                  continue_training=continue_training, eval_rows=eval_rows, on_step=on_step)
+        finally:
+            bar.stop()
+        _sync_index(lib, index)
+    except user_errors() as e:
+        fail(_first_line(e))
+    report = {"brick": trained.brick.key, "path": str(trained.brick.path), "steps": trained.steps,
+              "seconds": trained.seconds, "metrics": trained.metrics}
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        shown = ", ".join(f"{k} {v:g}" for k, v in trained.metrics.items())
+        typer.echo(f"{'updated' if update else 'added'} {trained.brick.key}: {shown}")
+
+
+@bricks_app.command("train")
+def bricks_train(data: Path = typer.Option(..., "--data", help="Training rows JSONL: instruction, input, output."),
+                 brick_id: str = typer.Option(..., "--id", help="The new brick's id."),
+                 description: Optional[str] = typer.Option(None, "--description", help="What the brick does."),
+                 example: Optional[list[str]] = typer.Option(None, "--example",
+                                                             help="An instruction it serves (repeatable; "
+                                                                  "default: the rows' most frequent)."),
+                 model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt,
+                 eval_data: Optional[Path] = EvalDataOpt, steps: int = StepsOpt, lr: float = LrOpt,
+                 rank: int = RankOpt, batch_size: int = BatchOpt, target: float = TargetOpt,
+                 eval_every: int = EvalEveryOpt, seed: int = SeedOpt, index: bool = IndexOpt,
+                 as_json: bool = JsonOpt) -> None:
+    """Train a LoRA brick on rows for the library's base model, measure it on a held-out part, and add it."""
+    _train(data=data, brick_id=brick_id, description=description, examples=example or [], model=model,
+           library=library, update=False, continue_training=False, eval_data=eval_data, steps=steps, lr=lr,
+           rank=rank, batch_size=batch_size, target=target, eval_every=eval_every, seed=seed, index=index,
+           as_json=as_json)
+
+
+@bricks_app.command("update")
+def bricks_update(brick_id: str = typer.Argument(..., help="The brick to give a new version."),
+                  data: Optional[Path] = typer.Option(None, "--data", help="Train the new version on these rows."),
+                  artifact: Optional[Path] = typer.Option(None, "--artifact",
+                                                          help="Or: a ready brick folder to add as the new version."),
+                  description: Optional[str] = typer.Option(None, "--description",
+                                                            help="Default: the current version's."),
+                  example: Optional[list[str]] = typer.Option(None, "--example", help="Default: the current version's."),
+                  continue_training: bool = typer.Option(False, "--continue/--fresh",
+                                                         help="Start from the active version's adapter."),
+                  model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt,
+                  eval_data: Optional[Path] = EvalDataOpt, steps: int = StepsOpt, lr: float = LrOpt,
+                  rank: int = RankOpt, batch_size: int = BatchOpt, target: float = TargetOpt,
+                  eval_every: int = EvalEveryOpt, seed: int = SeedOpt, index: bool = IndexOpt,
+                  as_json: bool = JsonOpt) -> None:
+    """Add a new version of a brick (trained on --data, or from --artifact); it becomes active, old ones stay."""
+    if (data is None) == (artifact is None):
+        fail("give exactly one of --data ROWS.jsonl or --artifact FOLDER")
+    if data is not None:
+        _train(data=data, brick_id=brick_id, description=description, examples=example or [], model=model,
+               library=library, update=True, continue_training=continue_training, eval_data=eval_data, steps=steps,
+               lr=lr, rank=rank, batch_size=batch_size, target=target, eval_every=eval_every, seed=seed,
+               index=index, as_json=as_json)
+        return
+    from bricks.manifest import BrickManifest
+
+    try:
+        lib = _library(library)
+        found = BrickManifest.from_file(Path(artifact) / "brick.json").id
+        if found != brick_id:
+            fail(f"--artifact {str(artifact)!r} holds brick {found!r}, not {brick_id!r}")
+        brick = lib.update(artifact)
+        _sync_index(lib, index)
+    except user_errors() as e:
+        fail(_first_line(e))
+    typer.echo(f"updated {brick.key} (active; older versions kept)")
+
+
+@bricks_app.command("add")
+def bricks_add(folder: Path = typer.Argument(..., help="A brick folder (brick.json + artifacts)."),
+               library: Optional[Path] = LibraryOpt, index: bool = IndexOpt) -> None:
+    """Verify a brick folder against its manifest and add it as a new brick; an existing id is refused."""
+    try:
+        lib = _library(library)
+        brick = lib.add(folder)
+        _sync_index(lib, index)
+    except user_errors() as e:
+        fail(_first_line(e))
+    typer.echo(f"added {brick.key}")
+
+
+@bricks_app.command("remove")
+def bricks_remove(brick_id: str = typer.Argument(...),
+                  version: Optional[int] = typer.Option(None, "--version", help="Only this version (default: all)."),
+                  library: Optional[Path] = LibraryOpt, index: bool = IndexOpt) -> None:
+    """Remove a brick (every version), or one version of it."""
+    try:
+        lib = _library(library)
+        lib.remove(brick_id, version)
+        _sync_index(lib, index)
+    except user_errors() as e:
+        fail(_first_line(e))
+    left = f"; active now {lib.get(brick_id).key}" if brick_id in lib else ""
+    typer.echo(f"removed {brick_id}{'' if version is None else f'@{version}'}{left}")
+
+
+@bricks_app.command("rollback")
+def bricks_rollback(brick_id: str = typer.Argument(...),
+                    to: Optional[int] = typer.Option(None, "--to", help="This version (default: the one before)."),
+                    library: Optional[Path] = LibraryOpt, index: bool = IndexOpt) -> None:
+    """Make the previous version of a brick active again (newer versions are kept)."""
+    try:
+        lib = _library(library)
+        brick = lib.rollback(brick_id, to)
+        _sync_index(lib, index)
+    except user_errors() as e:
+        fail(_first_line(e))
+    typer.echo(f"active: {brick.key}")
+
+
+@bricks_app.command("versions")
+def bricks_versions(brick_id: str = typer.Argument(...), library: Optional[Path] = LibraryOpt,
+                    as_json: bool = JsonOpt) -> None:
+    """List the stored versions of a brick; `*` marks the active one."""
+    try:
+        lib = _library(library)
+        versions, active = lib.versions(brick_id), lib.active_version(brick_id)
+    except user_errors() as e:
+        fail(_first_line(e))
+    rows = [{"version": b.version, "active": b.version == active, "created": b.manifest.created,
+             "metrics": b.manifest.metrics} for b in versions]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        em = r["metrics"].get("exact_match_holdout")
+        typer.echo(f"{'*' if r['active'] else ' '} {brick_id}@{r['version']}  {r['created']}"
+                   + (f"  held-out exact match {em:g}" if em is not None else ""))
+
+
+@bricks_app.command("verify")
+def bricks_verify(library: Optional[Path] = LibraryOpt, as_json: bool = JsonOpt) -> None:
+    """Check every stored brick version against the checksums in its manifest; exit 1 on any problem."""
+    t0 = time.perf_counter()
+    try:
+        report = _library(library).verify()
+    except user_errors() as e:
+        fail(_first_line(e))
+    if as_json:
+        typer.echo(json.dumps({"ok": report.ok, "checked": list(report.checked), "problems": list(report.problems),
+                               "leftovers": [str(p) for p in report.leftovers]}, indent=2))
+    else:
+        for problem in report.problems:
+            typer.echo(f"problem: {problem}", err=True)
+        for path in report.leftovers:
+            typer.echo(f"note: {path} is left from an interrupted write (removed by the next write)", err=True)
+        typer.echo(f"{'ok' if report.ok else 'FAILED'}: {len(report.checked)} brick version(s) verified, "
+                   f"{len(report.problems)} problem(s) in {time.perf_counter() - t0:.1f} s")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+bricks_app.info.help = "Inspect, train, update, roll back, remove and verify the bricks of a library."

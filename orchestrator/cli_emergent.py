@@ -1,0 +1,118 @@
+"""`brickwork bricks discover` and `brickwork analyze`: emergent bricks from a model's own FFN neurons."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from orchestrator.cli import LibraryOpt, ModelOpt, app, bricks_app, fail, user_errors
+
+__all__ = ["discover", "analyze"]
+
+
+def _skill_prompts(path: Path, skills: Optional[str]) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
+    """(skill, prompt + answer) pairs of single-skill rows, and each skill's distinct instructions."""
+    from bricks.prompt import DEFAULT_TEMPLATE
+    from bricks.rows import read_rows
+
+    wanted = {s.strip() for s in skills.split(",")} if skills else None
+    pairs, instructions = [], {}
+    for r in read_rows(path, require_output=False):
+        if len(r.skills) != 1 or (wanted and r.skills[0] not in wanted):
+            continue
+        pairs.append((r.skills[0], DEFAULT_TEMPLATE.render(r.instruction, r.input) + r.output))
+        instructions.setdefault(r.skills[0], [])
+        if r.instruction not in instructions[r.skills[0]]:
+            instructions[r.skills[0]].append(r.instruction)
+    if not pairs:
+        raise ValueError(f"{path}: no single-skill rows (rows need `skills` with one skill id)")
+    return pairs, instructions
+
+
+def _profile(model_dir: Path, pairs, progress_label: str):
+    from rich.progress import Progress
+
+    from bricks.emergent import profile_neurons
+    from bricks.model_io import load_model, load_tokenizer
+
+    model, tok = load_model(model_dir), load_tokenizer(model_dir)
+    with Progress(transient=True) as bar:
+        task = bar.add_task(progress_label, total=len(pairs))
+        prof = profile_neurons(model, tok, iter(pairs), on_batch=lambda n: bar.update(task, completed=n))
+    return model, tok, prof
+
+
+@bricks_app.command("discover")
+def discover(data: Path = typer.Option(..., "--data", help="JSONL rows with instruction, input, output, skills."),
+             model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt,
+             mode: str = typer.Option("supervised", "--mode", help="supervised (one brick per skill) | unsupervised"),
+             budget: float = typer.Option(0.05, "--budget", help="Share of each layer's neurons per brick (supervised)."),
+             criterion: str = typer.Option("specific", "--criterion", help="specific | active (supervised)."),
+             k: int = typer.Option(8, "--k", help="Number of partitions (unsupervised)."),
+             skills: Optional[str] = typer.Option(None, "--skills", help="Comma-separated skills to keep."),
+             prefix: str = typer.Option("emergent-", "--prefix", help="Brick id prefix.")) -> None:
+    """Profile the model's FFN neurons on DATA and write emergent (ffn_mask) bricks into the library."""
+    from bricks.emergent.discover import cluster_neurons, supervised_masks
+    from bricks.emergent.export import write_mask_brick
+    from bricks.emergent.masking import mask_density
+    from orchestrator.factory import open_library, open_planner
+    from bricks.toyworld.paths import world_model_dir
+
+    try:
+        if mode not in ("supervised", "unsupervised"):
+            raise ValueError(f"unknown mode {mode!r}; expected supervised or unsupervised")
+        lib = open_library(library)
+        pairs, instructions = _skill_prompts(data, skills)
+        net, _, prof = _profile(model or world_model_dir(), pairs, "profiling")
+        L, I = net.config.num_hidden_layers, net.config.intermediate_size
+        found = []
+        if mode == "supervised":
+            for skill in prof.skills:
+                masks = supervised_masks(prof, skill, budget=budget, criterion=criterion)
+                desc = (f"Emergent FFN neurons for: {instructions[skill][0]} (the {budget:.0%} of each layer "
+                        f"ranked by {criterion} activation on this skill)")
+                found.append((f"{prefix}{skill}", masks, desc, instructions[skill][:8], [skill]))
+        else:
+            for part in cluster_neurons(prof, k):
+                desc = f"Emergent FFN partition {part.index} of {k} (co-activation cluster); drives: " + "; ".join(
+                    p.splitlines()[0] for p in part.top_prompts[:3])
+                found.append((f"{prefix}p{part.index}", part.masks, desc,
+                              [p.splitlines()[0] for p in part.top_prompts], []))
+        written = []
+        with tempfile.TemporaryDirectory(dir=lib.path) as tmp:
+            for brick_id, masks, desc, examples, sk in found:
+                folder = write_mask_brick(Path(tmp) / brick_id, masks, brick_id=brick_id, description=desc,
+                                          examples=examples, base_model=lib.base_model, skills=sk,
+                                          metrics={"density": round(mask_density(masks, L, I), 4)})
+                written.append(lib.add(folder))
+        open_planner(lib.path)  # brings the index up to date
+    except user_errors() as e:
+        fail(str(e).strip().splitlines()[0])
+    for b in written:
+        typer.echo(f"{b.key}  density {b.manifest.metrics['density']:.3f}  {b.manifest.description[:80]}")
+
+
+@app.command()
+def analyze(data: Path = typer.Option(..., "--data", help="JSONL rows (instruction, input, output, skills)."),
+            out: Path = typer.Option(..., "--out", help="Folder for the PNG plots and summary.md."),
+            model: Optional[Path] = ModelOpt,
+            budget: float = typer.Option(0.05, "--budget", help="Ablation brick size per layer."),
+            keep_budget: float = typer.Option(0.3, "--keep-budget", help="Keep-only brick size per layer."),
+            k: int = typer.Option(8, "--k", help="Neuron clusters for the specialization heatmap."),
+            limit: int = typer.Option(100, "--limit", help="Evaluation rows per skill."),
+            skills: Optional[str] = typer.Option(None, "--skills", help="Comma-separated skills to keep.")) -> None:
+    """Activation sparsity, skill x cluster specialization, ablation and keep-only matrices (PNG + markdown)."""
+    from orchestrator.analysis import run_analysis
+    from bricks.toyworld.paths import world_model_dir
+
+    try:
+        summary = run_analysis(model or world_model_dir(), data, out, budget=budget, keep_budget=keep_budget, k=k,
+                               limit=limit, skill_prompts=_skill_prompts, profile=_profile, only=skills)
+    except user_errors() as e:
+        fail(str(e).strip().splitlines()[0])
+    typer.echo(json.dumps(summary["bars"], indent=2))
+    typer.echo(f"wrote {out / 'summary.md'}")
