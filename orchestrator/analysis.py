@@ -62,7 +62,7 @@ def _short(path: Path) -> str:
 
 
 def run_analysis(model_dir: Path, data: Path, out: Path, *, budget: float, keep_budget: float, k: int, limit: int,
-                 skill_prompts, profile, only: str | None = None) -> dict:
+                 skill_prompts, profile, only: str | None = None, profile_data: Path | None = None) -> dict:
     """Write the plots and `summary.md` into `out`; return the summary (also `summary.json`)."""
     import torch
 
@@ -71,15 +71,18 @@ def run_analysis(model_dir: Path, data: Path, out: Path, *, budget: float, keep_
     from bricks.evaluation import exact_match_by_skill
     from bricks.rows import read_rows
 
-    pairs, _ = skill_prompts(data, only)
     wanted = {s.strip() for s in only.split(",")} if only else None
     rows = [r.as_dict() for r in read_rows(data, require_output=True)
             if len(r.skills) == 1 and (wanted is None or r.skills[0] in wanted)]
-    fit = [p for i, p in enumerate(pairs) if i % 2 == 0]
+    if profile_data is None:  # one file: profile the even rows, evaluate the odd ones
+        pairs, _ = skill_prompts(data, only)
+        fit = [p for i, p in enumerate(pairs) if i % 2 == 0]
+    else:
+        fit, _ = skill_prompts(profile_data, only)
     per_skill: dict[str, int] = {}
     held = []
     for i, r in enumerate(rows):
-        if i % 2 == 1 and per_skill.get(r["skills"][0], 0) < limit:
+        if (profile_data is not None or i % 2 == 1) and per_skill.get(r["skills"][0], 0) < limit:
             per_skill[r["skills"][0]] = per_skill.get(r["skills"][0], 0) + 1
             held.append(r)
     model, tok, prof = profile(Path(model_dir), fit, "profiling")
@@ -104,12 +107,13 @@ def run_analysis(model_dir: Path, data: Path, out: Path, *, budget: float, keep_
     for s in skills:
         with apply_masks(model, supervised_masks(prof, s, budget=budget, criterion="specific"), "ablate"):
             ablation.append(accuracy())
-        with apply_masks(model, supervised_masks(prof, s, budget=keep_budget, criterion="active"), "keep"):
+        with apply_masks(model, supervised_masks(prof, s, budget=keep_budget, criterion="active", scope="global"),
+                         "keep"):
             keep.append(accuracy())
     _heatmap(out / "ablation.png", ablation, [f"-{s}" for s in skills], skills,
              f"accuracy with skill X's brick ablated ({budget:.0%} per layer, by specificity)")
     _heatmap(out / "keep_only.png", keep, [f"only {s}" for s in skills], skills,
-             f"accuracy keeping only skill X's brick ({keep_budget:.0%} per layer, by activation)")
+             f"accuracy keeping only skill X's brick ({keep_budget:.0%} of all neurons, by activation)")
     bars = {}
     for i, s in enumerate(skills):
         own = base[i] - ablation[i][i]
@@ -121,15 +125,18 @@ def run_analysis(model_dir: Path, data: Path, out: Path, *, budget: float, keep_
                    "ablation_ratio": round(ratio, 2) if ratio != float("inf") else "inf",
                    "ablation_bar_3x": ratio >= 3, "keep_only_share_of_accuracy": round(kept, 3),
                    "keep_only_bar_90": kept >= 0.9}
-    summary = {"model": str(model_dir), "data": str(data), "profiled_prompts": len(fit), "evaluated_rows": len(held),
+    summary = {"model": str(model_dir), "data": str(data),
+               "profile_data": str(profile_data) if profile_data else None, "profiled_prompts": len(fit), "evaluated_rows": len(held),
                "skills": skills, "base_accuracy": dict(zip(skills, base)), "sparsity_per_layer": sparsity,
                "ablation_budget": budget, "keep_budget": keep_budget, "ablation": ablation, "keep_only": keep,
                "bars": bars}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     md = [
         "# Emergent bricks: analysis", "",
-        f"Model `{_short(model_dir)}`, data `{_short(data)}`{' (skills ' + only + ')' if only else ''}: {len(fit)} prompts profiled (even rows), {len(held)} rows evaluated "
-        "(odd rows, exact match). Command: `brickwork analyze --data DATA [--skills ...] --out DIR`.", "",
+        f"Model `{_short(model_dir)}`{' (skills ' + only + ')' if only else ''}: {len(fit)} prompts profiled "
+        f"({'`' + _short(profile_data) + '`' if profile_data else 'even rows of `' + _short(data) + '`'}), "
+        f"{len(held)} rows evaluated ({'`' + _short(data) + '`' if profile_data else 'odd rows'}, exact match). "
+        "Command: `brickwork analyze --data DATA [--profile-data ROWS] [--skills ...] --out DIR`.", "",
         "## Activation sparsity per layer", "", "![sparsity](sparsity.png)", "",
         " | ".join(f"layer {i}: {v:.1%} inactive" for i, v in enumerate(sparsity)), "",
         "## Specialization: skills x neuron clusters", "",
@@ -139,7 +146,10 @@ def run_analysis(model_dir: Path, data: Path, out: Path, *, budget: float, keep_
         f"Skill X's brick = the {budget:.0%} of each layer's neurons most specific to X (d'); run without it.", "",
         "![ablation](ablation.png)", "", _table(ablation, [f"-{s}" for s in skills], skills), "",
         "## Keep-only matrix", "",
-        f"Skill X's brick = the {keep_budget:.0%} of each layer's neurons most active on X; run with only it.", "",
+        f"Skill X's brick = the {keep_budget:.0%} of all FFN neurons most active on X (ranked across layers, so a "
+        "layer gets the share the skill uses); run with only it. On the toy world, taking the same share from "
+        "every layer instead kept less (uppercase 0.65, add 0.82 in one run): the last layer is the least "
+        "sparse and needs more than a uniform share.", "",
         "![keep-only](keep_only.png)", "", _table(keep, [f"only {s}" for s in skills], skills), "",
         "## Bars", "", "| skill | base | ablation cost own / others | ratio (goal >= 3) | keep-only share (goal >= 0.9) |",
         "|---|---|---|---|---|",

@@ -52,6 +52,7 @@ def discover(data: Path = typer.Option(..., "--data", help="JSONL rows with inst
              mode: str = typer.Option("supervised", "--mode", help="supervised (one brick per skill) | unsupervised"),
              budget: float = typer.Option(0.05, "--budget", help="Share of each layer's neurons per brick (supervised)."),
              criterion: str = typer.Option("specific", "--criterion", help="specific | active (supervised)."),
+             scope: str = typer.Option("layer", "--scope", help="layer (budget per layer) | global (supervised)."),
              k: int = typer.Option(8, "--k", help="Number of partitions (unsupervised)."),
              skills: Optional[str] = typer.Option(None, "--skills", help="Comma-separated skills to keep."),
              prefix: str = typer.Option("emergent-", "--prefix", help="Brick id prefix.")) -> None:
@@ -72,8 +73,9 @@ def discover(data: Path = typer.Option(..., "--data", help="JSONL rows with inst
         found = []
         if mode == "supervised":
             for skill in prof.skills:
-                masks = supervised_masks(prof, skill, budget=budget, criterion=criterion)
-                desc = (f"Emergent FFN neurons for: {instructions[skill][0]} (the {budget:.0%} of each layer "
+                masks = supervised_masks(prof, skill, budget=budget, criterion=criterion, scope=scope)
+                where = "of each layer" if scope == "layer" else "of all neurons"
+                desc = (f"Emergent FFN neurons for: {instructions[skill][0]} (the {budget:.0%} {where} "
                         f"ranked by {criterion} activation on this skill)")
                 found.append((f"{prefix}{skill}", masks, desc, instructions[skill][:8], [skill]))
         else:
@@ -104,14 +106,17 @@ def analyze(data: Path = typer.Option(..., "--data", help="JSONL rows (instructi
             keep_budget: float = typer.Option(0.3, "--keep-budget", help="Keep-only brick size per layer."),
             k: int = typer.Option(8, "--k", help="Neuron clusters for the specialization heatmap."),
             limit: int = typer.Option(100, "--limit", help="Evaluation rows per skill."),
-            skills: Optional[str] = typer.Option(None, "--skills", help="Comma-separated skills to keep.")) -> None:
+            skills: Optional[str] = typer.Option(None, "--skills", help="Comma-separated skills to keep."),
+            profile_data: Optional[Path] = typer.Option(None, "--profile-data",
+                                                        help="Rows to profile (default: the even rows of --data).")) -> None:
     """Activation sparsity, skill x cluster specialization, ablation and keep-only matrices (PNG + markdown)."""
     from orchestrator.analysis import run_analysis
     from bricks.toyworld.paths import world_model_dir
 
     try:
         summary = run_analysis(model or world_model_dir(), data, out, budget=budget, keep_budget=keep_budget, k=k,
-                               limit=limit, skill_prompts=_skill_prompts, profile=_profile, only=skills)
+                               limit=limit, skill_prompts=_skill_prompts, profile=_profile, only=skills,
+                               profile_data=profile_data)
     except user_errors() as e:
         fail(str(e).strip().splitlines()[0])
     typer.echo(json.dumps(summary["bars"], indent=2))

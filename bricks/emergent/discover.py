@@ -16,9 +16,13 @@ from bricks.emergent.profile import NeuronProfile
 __all__ = ["supervised_masks", "cluster_neurons", "Partition"]
 
 
-def supervised_masks(profile: NeuronProfile, skill: str, *, budget: float = 0.3,
-                     criterion: str = "specific") -> dict[int, "object"]:
-    """{layer: bool [I]}: the top `budget` share of each layer's neurons for `skill` by `criterion`."""
+def supervised_masks(profile: NeuronProfile, skill: str, *, budget: float = 0.3, criterion: str = "specific",
+                     scope: str = "layer") -> dict[int, "object"]:
+    """{layer: bool [I]}: the top `budget` share of neurons for `skill` by `criterion`.
+
+    `scope="layer"` takes that share of every layer; `scope="global"` ranks all neurons together, so layers
+    whose neurons the skill uses more (e.g. a dense last layer) get more of the same total budget.
+    """
     import torch
 
     if skill not in profile.skills:
@@ -34,6 +38,12 @@ def supervised_masks(profile: NeuronProfile, skill: str, *, budget: float = 0.3,
         raise ValueError(f"unknown criterion {criterion!r}; expected 'specific' or 'active'")
     L, I = score.shape
     k = max(1, int(round(budget * I)))
+    if scope == "global":
+        flat = torch.zeros(L * I, dtype=torch.bool)
+        flat[torch.topk(score.flatten(), k * L).indices] = True
+        return {layer: flat.reshape(L, I)[layer].clone() for layer in range(L)}
+    if scope != "layer":
+        raise ValueError(f"unknown scope {scope!r}; expected 'layer' or 'global'")
     out = {}
     for layer in range(L):
         mask = torch.zeros(I, dtype=torch.bool)

@@ -70,13 +70,15 @@ def test_mask_steps_run_masked_and_compact_alike(world):
     assert compact[:2] == expected
 
 
-def test_analyze_writes_plots_matrices_and_summary(world, tmp_path):
+@pytest.mark.parametrize("profile_split", [None, "single_train.jsonl"])
+def test_analyze_writes_plots_matrices_and_summary(world, tmp_path, profile_split):
     import json
 
     out, _ = world
+    extra = ["--profile-data", str(out / "data" / profile_split)] if profile_split else []
     result = CliRunner().invoke(app, ["analyze", "--data", str(out / "data" / "single_test.jsonl"), "--model",
                                       str(out / "model"), "--skills", "reverse,count,add", "--limit", "4", "--k", "2",
-                                      "--out", str(tmp_path / "report")])
+                                      "--out", str(tmp_path / "report"), *extra])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["skills"] == ["reverse", "count", "add"] or set(summary["skills"]) == {"reverse", "count", "add"}

@@ -118,6 +118,14 @@ def test_profile_streams_with_constant_state(tiny, tmp_path):
 
     masks = supervised_masks(big, "count", budget=0.25)
     assert all(int(m.sum()) == 16 for m in masks.values())
+    glob = supervised_masks(big, "count", budget=0.25, criterion="active", scope="global")
+    assert sum(int(m.sum()) for m in glob.values()) == 32  # the same total, shared out by rank across layers
+    score = big.mean_abs[big.skills.index("count")]
+    kept_min = min(float(score[i][m].min()) for i, m in glob.items() if m.any())
+    dropped_max = max(float(score[i][~m].max()) for i, m in glob.items() if (~m).any())
+    assert kept_min >= dropped_max
+    with pytest.raises(ValueError, match="unknown scope 'model'"):
+        supervised_masks(big, "count", scope="model")
     with pytest.raises(ValueError, match="skill 'sort' was not profiled"):
         supervised_masks(big, "sort")
     parts = cluster_neurons(big, 4, iterations=3)
