@@ -51,7 +51,8 @@ def discover(data: Path = typer.Option(..., "--data", help="JSONL rows with inst
              model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt,
              mode: str = typer.Option("supervised", "--mode", help="supervised (one brick per skill) | unsupervised"),
              budget: float = typer.Option(0.05, "--budget", help="Share of each layer's neurons per brick (supervised)."),
-             criterion: str = typer.Option("specific", "--criterion", help="specific | active (supervised)."),
+             criterion: str = typer.Option("specific", "--criterion",
+                                           help="specific | active | contribution (supervised)."),
              scope: str = typer.Option("layer", "--scope", help="layer (budget per layer) | global (supervised)."),
              k: int = typer.Option(8, "--k", help="Number of partitions (unsupervised)."),
              skills: Optional[str] = typer.Option(None, "--skills", help="Comma-separated skills to keep."),
@@ -72,8 +73,15 @@ def discover(data: Path = typer.Option(..., "--data", help="JSONL rows with inst
         L, I = net.config.num_hidden_layers, net.config.intermediate_size
         found = []
         if mode == "supervised":
+            import torch
+
+            from bricks.emergent import ffn_layout
+
+            norms = torch.stack([getattr(m.down_proj, "base_layer", m.down_proj).weight.detach().norm(dim=0)
+                                 for m in ffn_layout(net).mlps])  # [L, I]
             for skill in prof.skills:
-                masks = supervised_masks(prof, skill, budget=budget, criterion=criterion, scope=scope)
+                masks = supervised_masks(prof, skill, budget=budget, criterion=criterion, scope=scope,
+                                         down_norms=norms)
                 where = "of each layer" if scope == "layer" else "of all neurons"
                 desc = (f"Emergent FFN neurons for: {instructions[skill][0]} (the {budget:.0%} {where} "
                         f"ranked by {criterion} activation on this skill)")

@@ -1,8 +1,9 @@
 """Emergent-brick discovery from a neuron profile: per skill (supervised) or by co-activation (unsupervised).
 
-Supervised: a skill's brick is, per layer, the `budget` share of neurons ranked by a criterion: `specific`
-(the skill-vs-rest d' score: neurons that fire more for this skill than for others) or `active` (the mean
-|activation| on the skill's prompts: everything the skill leans on, shared neurons included).
+Supervised: a skill's brick is the `budget` share of neurons (per layer, or ranked across layers) by a
+criterion: `specific` (the skill-vs-rest d' score: neurons that fire more for this skill than for others),
+`active` (the mean |activation| on the skill's prompts: everything the skill leans on, shared neurons
+included) or `contribution` (mean |activation| times the norm of the neuron's down_proj column).
 Unsupervised (MoEfication-style): neurons are clustered by their activation pattern over a sample of prompts
 into k balanced partitions (same size), each a brick whose examples are the prompts that drive it most.
 """
@@ -17,7 +18,7 @@ __all__ = ["supervised_masks", "cluster_neurons", "Partition"]
 
 
 def supervised_masks(profile: NeuronProfile, skill: str, *, budget: float = 0.3, criterion: str = "specific",
-                     scope: str = "layer") -> dict[int, "object"]:
+                     scope: str = "layer", down_norms=None) -> dict[int, "object"]:
     """{layer: bool [I]}: the top `budget` share of neurons for `skill` by `criterion`.
 
     `scope="layer"` takes that share of every layer; `scope="global"` ranks all neurons together, so layers
@@ -34,8 +35,12 @@ def supervised_masks(profile: NeuronProfile, skill: str, *, budget: float = 0.3,
         score = profile.specialization()[s]  # [L, I]
     elif criterion == "active":
         score = profile.mean_abs[s]
+    elif criterion == "contribution":  # how much the neuron writes into the residual stream on this skill
+        if down_norms is None:
+            raise ValueError("criterion 'contribution' needs down_norms ([L, I] norms of down_proj's columns)")
+        score = profile.mean_abs[s] * down_norms
     else:
-        raise ValueError(f"unknown criterion {criterion!r}; expected 'specific' or 'active'")
+        raise ValueError(f"unknown criterion {criterion!r}; expected 'specific', 'active' or 'contribution'")
     L, I = score.shape
     k = max(1, int(round(budget * I)))
     if scope == "global":

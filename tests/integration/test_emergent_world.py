@@ -16,7 +16,8 @@ def world(quick_world, tmp_path_factory):
     from orchestrator import cli_emergent  # noqa: F401  (registers discover and analyze)
 
     data = out / "data" / "single_test.jsonl"
-    for args in (["--mode", "supervised", "--skills", "reverse,count", "--budget", "0.25"],
+    for args in (["--mode", "supervised", "--skills", "reverse,count", "--budget", "0.25", "--criterion",
+                  "contribution", "--scope", "global"],
                  ["--mode", "unsupervised", "--k", "4", "--prefix", "cluster-"]):
         result = CliRunner().invoke(app, ["bricks", "discover", "--data", str(data), "--model", str(out / "model"),
                                           "--library", str(lib), *args])

@@ -124,6 +124,13 @@ def test_profile_streams_with_constant_state(tiny, tmp_path):
     kept_min = min(float(score[i][m].min()) for i, m in glob.items() if m.any())
     dropped_max = max(float(score[i][~m].max()) for i, m in glob.items() if (~m).any())
     assert kept_min >= dropped_max
+    with pytest.raises(ValueError, match="criterion 'contribution' needs down_norms"):
+        supervised_masks(big, "count", criterion="contribution")
+    weights = torch.ones(2, 64)
+    weights[1] = 0  # a layer that writes nothing gets nothing
+    contrib = supervised_masks(big, "count", budget=0.25, criterion="contribution", scope="global",
+                               down_norms=weights)
+    assert int(contrib[1].sum()) == 0 and int(contrib[0].sum()) == 32
     with pytest.raises(ValueError, match="unknown scope 'model'"):
         supervised_masks(big, "count", scope="model")
     with pytest.raises(ValueError, match="skill 'sort' was not profiled"):
