@@ -26,7 +26,7 @@ ROUTING_FILE = "routing.json"
 
 @dataclass(frozen=True)
 class Calibration:
-    """Fitted thresholds and routing quality on the labeled steps before and after."""
+    """Fitted thresholds, and routing quality with the current and the fitted thresholds."""
 
     thresholds: dict[str, float]
     default: float
@@ -80,13 +80,16 @@ def score_steps(planner, labeled: Sequence[tuple[str, str | None]]) -> list[Scor
     return out
 
 
-def calibrate(planner, labeled: Sequence[tuple[str, str | None]], default: float | None = None) -> Calibration:
+def calibrate(planner, labeled: Sequence[tuple[str, str | None]], default: float | None = None, *,
+              check: Sequence[tuple[str, str | None]] | None = None) -> Calibration:
+    """Fit thresholds on `labeled`; measure the current and the fitted thresholds on `check` (default: `labeled`)."""
     default = getattr(planner.routing, "threshold", 0.5) if default is None else default
     examples = score_steps(planner, labeled)
-    before_thresholds = dict(getattr(planner.routing, "thresholds", {}) or {})
+    measured_on = examples if check is None else score_steps(planner, check)
+    current = dict(getattr(planner.routing, "thresholds", {}) or {})
     thresholds = fit_thresholds(examples, default)
-    return Calibration(thresholds, default, len(examples), routing_metrics(examples, before_thresholds, default),
-                       routing_metrics(examples, thresholds, default))
+    return Calibration(thresholds, default, len(examples), routing_metrics(measured_on, current, default),
+                       routing_metrics(measured_on, thresholds, default))
 
 
 def save_thresholds(library_path: Path, cal: Calibration, source: str) -> Path:

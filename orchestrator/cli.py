@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "fail", "first_line"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="brickwork: an LLM configured out of bricks.")
 bricks_app = typer.Typer(no_args_is_help=True, help="Inspect the bricks of a library.")
@@ -26,6 +26,12 @@ def fail(message: str) -> None:
     """Print one line to stderr and exit with status 2."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (a KeyError's without its quotes), or its type's name."""
+    text = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def user_errors():
@@ -74,7 +80,7 @@ def run(instruction: Optional[str] = typer.Argument(None, help="What to do."),
         with _orchestrator(model, library, executor) as orc:
             result = orc.run_plan(plan) if plan else orc.run(instruction, input)
     except user_errors() as e:
-        fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        fail(first_line(e))
     _emit_result(result, as_json)
 
 
@@ -155,19 +161,14 @@ def calibrate(data: Path = typer.Option(..., "--data", help="Labeled JSONL: inst
               save: bool = typer.Option(True, "--save/--dry-run", help="Write <library>/routing.json."),
               as_json: bool = typer.Option(False, "--json")) -> None:
     """Fit per-brick routing thresholds; report routing precision/recall before and after."""
-    from orchestrator.calibrate import calibrate as fit, read_labeled, save_thresholds, score_steps
+    from orchestrator.calibrate import calibrate as fit, read_labeled, save_thresholds
     from orchestrator.factory import open_planner
-    from policies.calibration import routing_metrics
 
     try:
         planner = open_planner(library)
-        cal = fit(planner, read_labeled(data, planner.library))
+        held_out = read_labeled(check, planner.library) if check is not None else None
+        cal = fit(planner, read_labeled(data, planner.library), check=held_out)
         measured = {"before": cal.before, "after": cal.after}
-        if check is not None:
-            examples = score_steps(planner, read_labeled(check, planner.library))
-            current = dict(getattr(planner.routing, "thresholds", {}) or {})
-            measured = {"before": routing_metrics(examples, current, cal.default),
-                        "after": routing_metrics(examples, cal.thresholds, cal.default)}
         path = save_thresholds(planner.library.path, cal, str(data)) if save else None
     except user_errors() as e:
         fail(str(e))

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from orchestrator.cli import LibraryOpt, ModelOpt, app, fail, user_errors
+from orchestrator.cli import LibraryOpt, ModelOpt, app, fail, first_line, user_errors
 
 __all__ = ["batch"]
 
@@ -67,7 +67,7 @@ def batch(input_path: Path = typer.Argument(..., metavar="IN", help="JSONL, CSV 
 
             import_ray()  # a missing extra stops here, before any model loads
     except (BatchError, *user_errors()) as e:
-        fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        fail(first_line(e))
     bad = sum(r.error is not None for r in job.input.rows)
     if bad and not quiet:
         first = next(r.error for r in job.input.rows if r.error)
@@ -113,7 +113,7 @@ def batch(input_path: Path = typer.Argument(..., metavar="IN", help="JSONL, CSV 
     except (BatchError, *user_errors()) as e:
         if bar is not None:
             bar.stop()
-        fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        fail(first_line(e))
     if bar is not None:
         bar.stop()
     _print_summary(summary, as_json)

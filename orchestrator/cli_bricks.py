@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from orchestrator.cli import LibraryOpt, ModelOpt, bricks_app, fail, user_errors
+from orchestrator.cli import LibraryOpt, ModelOpt, bricks_app, fail, first_line, user_errors
 
 __all__ = ["bricks_app"]
 
@@ -41,11 +41,6 @@ def _model_dir(model: Path | None) -> Path:
     from bricks.toyworld.paths import world_model_dir
 
     return Path(model) if model is not None else world_model_dir()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _sync_index(lib, index: bool) -> None:
@@ -99,7 +94,7 @@ def _train(*, data: Path, brick_id: str, description: str | None, examples: list
             bar.stop()
         _sync_index(lib, index)
     except user_errors() as e:
-        fail(_first_line(e))
+        fail(first_line(e))
     report = {"brick": trained.brick.key, "path": str(trained.brick.path), "steps": trained.steps,
               "seconds": trained.seconds, "metrics": trained.metrics}
     if as_json:
@@ -162,7 +157,7 @@ def bricks_update(brick_id: str = typer.Argument(..., help="The brick to give a 
         brick = lib.update(artifact)
         _sync_index(lib, index)
     except user_errors() as e:
-        fail(_first_line(e))
+        fail(first_line(e))
     typer.echo(f"updated {brick.key} (active; older versions kept)")
 
 
@@ -175,7 +170,7 @@ def bricks_add(folder: Path = typer.Argument(..., help="A brick folder (brick.js
         brick = lib.add(folder)
         _sync_index(lib, index)
     except user_errors() as e:
-        fail(_first_line(e))
+        fail(first_line(e))
     typer.echo(f"added {brick.key}")
 
 
@@ -189,7 +184,7 @@ def bricks_remove(brick_id: str = typer.Argument(...),
         lib.remove(brick_id, version)
         _sync_index(lib, index)
     except user_errors() as e:
-        fail(_first_line(e))
+        fail(first_line(e))
     left = f"; active now {lib.get(brick_id).key}" if brick_id in lib else ""
     typer.echo(f"removed {brick_id}{'' if version is None else f'@{version}'}{left}")
 
@@ -204,7 +199,7 @@ def bricks_rollback(brick_id: str = typer.Argument(...),
         brick = lib.rollback(brick_id, to)
         _sync_index(lib, index)
     except user_errors() as e:
-        fail(_first_line(e))
+        fail(first_line(e))
     typer.echo(f"active: {brick.key}")
 
 
@@ -216,7 +211,7 @@ def bricks_versions(brick_id: str = typer.Argument(...), library: Optional[Path]
         lib = _library(library)
         versions, active = lib.versions(brick_id), lib.active_version(brick_id)
     except user_errors() as e:
-        fail(_first_line(e))
+        fail(first_line(e))
     rows = [{"version": b.version, "active": b.version == active, "created": b.manifest.created,
              "metrics": b.manifest.metrics} for b in versions]
     if as_json:
@@ -235,7 +230,7 @@ def bricks_verify(library: Optional[Path] = LibraryOpt, as_json: bool = JsonOpt)
     try:
         report = _library(library).verify()
     except user_errors() as e:
-        fail(_first_line(e))
+        fail(first_line(e))
     if as_json:
         typer.echo(json.dumps({"ok": report.ok, "checked": list(report.checked), "problems": list(report.problems),
                                "leftovers": [str(p) for p in report.leftovers]}, indent=2))

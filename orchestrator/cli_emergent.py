@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from orchestrator.cli import LibraryOpt, ModelOpt, app, bricks_app, fail, user_errors
+from orchestrator.cli import LibraryOpt, ModelOpt, app, bricks_app, fail, first_line, user_errors
 
 __all__ = ["discover", "analyze"]
 
@@ -77,8 +77,9 @@ def discover(data: Path = typer.Option(..., "--data", help="JSONL rows with inst
 
             from bricks.emergent import ffn_layout
 
-            norms = torch.stack([getattr(m.down_proj, "base_layer", m.down_proj).weight.detach().norm(dim=0)
-                                 for m in ffn_layout(net).mlps])  # [L, I]
+            norms = None if criterion != "contribution" else torch.stack(
+                [getattr(m.down_proj, "base_layer", m.down_proj).weight.detach().norm(dim=0)
+                 for m in ffn_layout(net).mlps])  # [L, I]
             for skill in prof.skills:
                 masks = supervised_masks(prof, skill, budget=budget, criterion=criterion, scope=scope,
                                          down_norms=norms)
@@ -101,7 +102,7 @@ def discover(data: Path = typer.Option(..., "--data", help="JSONL rows with inst
                 written.append(lib.add(folder))
         open_planner(lib.path)  # brings the index up to date
     except user_errors() as e:
-        fail(str(e).strip().splitlines()[0])
+        fail(first_line(e))
     for b in written:
         typer.echo(f"{b.key}  density {b.manifest.metrics['density']:.3f}  {b.manifest.description[:80]}")
 
@@ -126,6 +127,6 @@ def analyze(data: Path = typer.Option(..., "--data", help="JSONL rows (instructi
                                limit=limit, skill_prompts=_skill_prompts, profile=_profile, only=skills,
                                profile_data=profile_data)
     except user_errors() as e:
-        fail(str(e).strip().splitlines()[0])
+        fail(first_line(e))
     typer.echo(json.dumps(summary["bars"], indent=2))
     typer.echo(f"wrote {out / 'summary.md'}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -117,6 +118,10 @@ class TransformersExecutor:
         log.info("merged %s in %.1f ms", config.lora_key, ms)
 
     # -- Executor ---------------------------------------------------------------------------------------
+    def _base_only(self):
+        """A context in which no LoRA adapter is applied (PEFT's `disable_adapter` once any is loaded)."""
+        return self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else contextlib.nullcontext()
+
     def _masks(self, config: BrickConfig) -> dict | None:
         """The combined neuron mask of `config`'s emergent bricks (loaded once per brick), None without any."""
         refs = config.masks
@@ -136,8 +141,6 @@ class TransformersExecutor:
 
     def _ffn_context(self, config: BrickConfig, adapter: str | None):
         """Masked FFN, or compact FFN when no LoRA runs in this group and `compact` is on."""
-        import contextlib
-
         from bricks.emergent import apply_masks, compact_ffn
 
         masks = self._masks(config)
@@ -176,10 +179,7 @@ class TransformersExecutor:
                 kwargs = dict(max_new_tokens=decoding.max_new_tokens, batch_size=self.batch_size,
                               do_sample=decoding.temperature > 0, temperature=decoding.temperature or 1.0,
                               top_p=decoding.top_p)
-                import contextlib
-
-                off = (self.model.disable_adapter() if adapter is None and hasattr(self.model, "disable_adapter")
-                       else contextlib.nullcontext())
+                off = self._base_only() if adapter is None else contextlib.nullcontext()
                 with off, self._ffn_context(config, adapter):
                     texts = generate_texts(self.model, self.tokenizer, prompts, **kwargs)
                 for i, text in zip(idx, texts):
@@ -188,13 +188,10 @@ class TransformersExecutor:
 
     def complete_constrained(self, prompt: str, grammar) -> str:
         """The base model (no brick) completes `prompt` under `grammar` (`is_prefix`/`is_complete`): for planning."""
-        import contextlib
-
         from bricks.constrained import generate_constrained
 
         with self._lock:
-            off = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else contextlib.nullcontext()
-            with off:
+            with self._base_only():
                 return generate_constrained(self.model, self.tokenizer, prompt, grammar.is_prefix, grammar.is_complete)
 
     def close(self) -> None:
