@@ -14,8 +14,12 @@ from orchestrator.cli import LibraryOpt, ModelOpt, app, bricks_app, fail, first_
 __all__ = ["discover", "analyze"]
 
 
-def _skill_prompts(path: Path, skills: Optional[str]) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
-    """(skill, prompt + answer) pairs of single-skill rows, and each skill's distinct instructions."""
+_CRITERION_WORDS = {"specific": "specificity (d')", "active": "mean |activation|",
+                    "contribution": "|activation| x down_proj norm", "attribution": "gold-answer attribution"}
+
+
+def _skill_prompts(path: Path, skills: Optional[str]) -> tuple[list[tuple[str, str, str]], dict[str, list[str]]]:
+    """(skill, prompt, answer) of single-skill rows, and each skill's distinct instructions."""
     from bricks.prompt import DEFAULT_TEMPLATE
     from bricks.rows import read_rows
 
@@ -24,7 +28,7 @@ def _skill_prompts(path: Path, skills: Optional[str]) -> tuple[list[tuple[str, s
     for r in read_rows(path, require_output=False):
         if len(r.skills) != 1 or (wanted and r.skills[0] not in wanted):
             continue
-        pairs.append((r.skills[0], DEFAULT_TEMPLATE.render(r.instruction, r.input) + r.output))
+        pairs.append((r.skills[0], DEFAULT_TEMPLATE.render(r.instruction, r.input), r.output))
         instructions.setdefault(r.skills[0], [])
         if r.instruction not in instructions[r.skills[0]]:
             instructions[r.skills[0]].append(r.instruction)
@@ -33,16 +37,24 @@ def _skill_prompts(path: Path, skills: Optional[str]) -> tuple[list[tuple[str, s
     return pairs, instructions
 
 
-def _profile(model_dir: Path, pairs, progress_label: str):
+def _profile(model_dir: Path, examples, progress_label: str, *, attribution: bool = False):
+    """Load the model and profile its neurons on (skill, prompt, answer) examples (prompt + answer streamed);
+    with `attribution`, also score the neurons by gold-answer attribution (`profile.attribution`)."""
     from rich.progress import Progress
 
     from bricks.emergent import profile_neurons
+    from bricks.emergent.attribution import attribution_scores
     from bricks.model_io import load_model, load_tokenizer
 
     model, tok = load_model(model_dir), load_tokenizer(model_dir)
     with Progress(transient=True) as bar:
-        task = bar.add_task(progress_label, total=len(pairs))
-        prof = profile_neurons(model, tok, iter(pairs), on_batch=lambda n: bar.update(task, completed=n))
+        task = bar.add_task(progress_label, total=len(examples))
+        prof = profile_neurons(model, tok, ((s, p + a) for s, p, a in examples),
+                               on_batch=lambda n: bar.update(task, completed=n))
+        if attribution:
+            task = bar.add_task("attribution", total=len(examples))
+            prof.add_attribution(attribution_scores(model, tok, iter(examples),
+                                                    on_batch=lambda n: bar.update(task, completed=n)))
     return model, tok, prof
 
 
@@ -50,15 +62,18 @@ def _profile(model_dir: Path, pairs, progress_label: str):
 def discover(data: Path = typer.Option(..., "--data", help="JSONL rows with instruction, input, output, skills."),
              model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt,
              mode: str = typer.Option("supervised", "--mode", help="supervised (one brick per skill) | unsupervised"),
-             budget: float = typer.Option(0.05, "--budget", help="Share of each layer's neurons per brick (supervised)."),
+             budget: float = typer.Option(0.05, "--budget", help="Share of neurons per brick: of each layer "
+                                                                  "(--scope layer) or of all (global)."),
              criterion: str = typer.Option("specific", "--criterion",
-                                           help="specific | active | contribution (supervised)."),
+                                           help="specific | active | contribution | attribution (supervised; "
+                                                "attribution: |activation x gradient| of the gold answers' loss, "
+                                                "best for keep-only bricks with --scope global)."),
              scope: str = typer.Option("layer", "--scope", help="layer (budget per layer) | global (supervised)."),
              k: int = typer.Option(8, "--k", help="Number of partitions (unsupervised)."),
              skills: Optional[str] = typer.Option(None, "--skills", help="Comma-separated skills to keep."),
              prefix: str = typer.Option("emergent-", "--prefix", help="Brick id prefix.")) -> None:
     """Profile the model's FFN neurons on DATA and write emergent (ffn_mask) bricks into the library."""
-    from bricks.emergent.discover import cluster_neurons, supervised_masks
+    from bricks.emergent.discover import CRITERIA, cluster_neurons, down_proj_norms, supervised_masks
     from bricks.emergent.export import write_mask_brick
     from bricks.emergent.masking import mask_density
     from orchestrator.factory import open_library, open_planner
@@ -67,25 +82,22 @@ def discover(data: Path = typer.Option(..., "--data", help="JSONL rows with inst
     try:
         if mode not in ("supervised", "unsupervised"):
             raise ValueError(f"unknown mode {mode!r}; expected supervised or unsupervised")
+        if mode == "supervised" and criterion not in CRITERIA:
+            raise ValueError(f"unknown criterion {criterion!r}; expected one of {', '.join(CRITERIA)}")
         lib = open_library(library)
         pairs, instructions = _skill_prompts(data, skills)
-        net, _, prof = _profile(model or world_model_dir(), pairs, "profiling")
+        net, _, prof = _profile(model or world_model_dir(), pairs, "profiling",
+                                attribution=mode == "supervised" and criterion == "attribution")
         L, I = net.config.num_hidden_layers, net.config.intermediate_size
         found = []
         if mode == "supervised":
-            import torch
-
-            from bricks.emergent import ffn_layout
-
-            norms = None if criterion != "contribution" else torch.stack(
-                [getattr(m.down_proj, "base_layer", m.down_proj).weight.detach().norm(dim=0)
-                 for m in ffn_layout(net).mlps])  # [L, I]
+            norms = down_proj_norms(net) if criterion == "contribution" else None
             for skill in prof.skills:
                 masks = supervised_masks(prof, skill, budget=budget, criterion=criterion, scope=scope,
                                          down_norms=norms)
                 where = "of each layer" if scope == "layer" else "of all neurons"
                 desc = (f"Emergent FFN neurons for: {instructions[skill][0]} (the {budget:.0%} {where} "
-                        f"ranked by {criterion} activation on this skill)")
+                        f"ranked by {_CRITERION_WORDS[criterion]} on this skill)")
                 found.append((f"{prefix}{skill}", masks, desc, instructions[skill][:8], [skill]))
         else:
             for part in cluster_neurons(prof, k):
@@ -112,7 +124,11 @@ def analyze(data: Path = typer.Option(..., "--data", help="JSONL rows (instructi
             out: Path = typer.Option(..., "--out", help="Folder for the PNG plots and summary.md."),
             model: Optional[Path] = ModelOpt,
             budget: float = typer.Option(0.05, "--budget", help="Ablation brick size per layer."),
-            keep_budget: float = typer.Option(0.3, "--keep-budget", help="Keep-only brick size per layer."),
+            keep_budget: float = typer.Option(0.3, "--keep-budget", help="Keep-only brick size: share of all "
+                                                                         "FFN neurons (ranked across layers)."),
+            keep_criterion: str = typer.Option("attribution", "--keep-criterion",
+                                               help="How keep-only bricks rank neurons: attribution | active | "
+                                                    "contribution | specific."),
             k: int = typer.Option(8, "--k", help="Neuron clusters for the specialization heatmap."),
             limit: int = typer.Option(100, "--limit", help="Evaluation rows per skill."),
             skills: Optional[str] = typer.Option(None, "--skills", help="Comma-separated skills to keep."),
@@ -125,7 +141,7 @@ def analyze(data: Path = typer.Option(..., "--data", help="JSONL rows (instructi
     try:
         summary = run_analysis(model or world_model_dir(), data, out, budget=budget, keep_budget=keep_budget, k=k,
                                limit=limit, skill_prompts=_skill_prompts, profile=_profile, only=skills,
-                               profile_data=profile_data)
+                               profile_data=profile_data, keep_criterion=keep_criterion)
     except user_errors() as e:
         fail(first_line(e))
     typer.echo(json.dumps(summary["bars"], indent=2))

@@ -3,18 +3,34 @@
 Supervised: a skill's brick is the `budget` share of neurons (per layer, or ranked across layers) by a
 criterion: `specific` (the skill-vs-rest d' score: neurons that fire more for this skill than for others),
 `active` (the mean |activation| on the skill's prompts: everything the skill leans on, shared neurons
-included) or `contribution` (mean |activation| times the norm of the neuron's down_proj column).
+included), `contribution` (mean |activation| times the norm of the neuron's down_proj column) or `attribution`
+(the mean of sum_t |a * dL/da| for the gold answers' loss, see bricks.emergent.attribution: what the answers
+depend on; the profile must carry it, `profile.add_attribution(attribution_scores(...))`). Keep-only bricks
+are best chosen by `attribution` ranked across layers (`scope="global"`).
 Unsupervised (MoEfication-style): neurons are clustered by their activation pattern over a sample of prompts
 into k balanced partitions (same size), each a brick whose examples are the prompts that drive it most.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from bricks.emergent.profile import NeuronProfile
 
-__all__ = ["supervised_masks", "cluster_neurons", "Partition"]
+__all__ = ["supervised_masks", "cluster_neurons", "Partition", "CRITERIA", "down_proj_norms"]
+
+CRITERIA = ("specific", "active", "contribution", "attribution")
+
+
+def down_proj_norms(model):
+    """[L, I] norms of every layer's down_proj columns (how strongly each neuron writes), for `contribution`."""
+    import torch
+
+    from bricks.emergent.layout import ffn_layout
+
+    return torch.stack([getattr(m.down_proj, "base_layer", m.down_proj).weight.detach().float().norm(dim=0)
+                        for m in ffn_layout(model).mlps])
 
 
 def supervised_masks(profile: NeuronProfile, skill: str, *, budget: float = 0.3, criterion: str = "specific",
@@ -39,13 +55,18 @@ def supervised_masks(profile: NeuronProfile, skill: str, *, budget: float = 0.3,
         if down_norms is None:
             raise ValueError("criterion 'contribution' needs down_norms ([L, I] norms of down_proj's columns)")
         score = profile.mean_abs[s] * down_norms
+    elif criterion == "attribution":  # how much the gold answers' likelihood depends on the neuron
+        if profile.attribution is None:
+            raise ValueError("criterion 'attribution' needs attribution scores in the profile "
+                             "(profile.add_attribution(attribution_scores(model, tokenizer, examples)))")
+        score = profile.attribution[s]
     else:
-        raise ValueError(f"unknown criterion {criterion!r}; expected 'specific', 'active' or 'contribution'")
+        raise ValueError(f"unknown criterion {criterion!r}; expected one of {', '.join(map(repr, CRITERIA))}")
     L, I = score.shape
     k = max(1, int(round(budget * I)))
-    if scope == "global":
+    if scope == "global":  # at most `budget` of all neurons, never rounded up
         flat = torch.zeros(L * I, dtype=torch.bool)
-        flat[torch.topk(score.flatten(), k * L).indices] = True
+        flat[torch.topk(score.flatten(), max(1, math.floor(budget * L * I + 1e-9))).indices] = True
         return {layer: flat.reshape(L, I)[layer].clone() for layer in range(L)}
     if scope != "layer":
         raise ValueError(f"unknown scope {scope!r}; expected 'layer' or 'global'")

@@ -32,6 +32,16 @@ class NeuronProfile:
     reservoir: "object" = None  # [R, L, I] prompt means of a uniform sample of prompts
     reservoir_skills: list[str] = field(default_factory=list)
     reservoir_prompts: list[str] = field(default_factory=list)
+    attribution: "object" = None  # [S, L, I] gold-answer attribution (bricks.emergent.attribution), if computed
+
+    def add_attribution(self, scores) -> None:
+        """Attach {skill: [L, I]} attribution scores (`attribution_scores`); every profiled skill needs one."""
+        import torch
+
+        missing = [s for s in self.skills if s not in scores]
+        if missing:
+            raise ValueError(f"no attribution scores for skill(s) {', '.join(missing)}")
+        self.attribution = torch.stack([scores[s].float() for s in self.skills])
 
     @property
     def mean_abs(self):
@@ -70,6 +80,8 @@ class NeuronProfile:
                    "sum_active": self.sum_active, "tokens_active": self.tokens_active}
         if self.reservoir is not None:
             tensors["reservoir"] = self.reservoir
+        if self.attribution is not None:
+            tensors["attribution"] = self.attribution
         meta = {"skills": json.dumps(self.skills), "tokens": str(self.tokens),
                 "reservoir_skills": json.dumps(self.reservoir_skills),
                 "reservoir_prompts": json.dumps(self.reservoir_prompts)}
@@ -86,7 +98,7 @@ class NeuronProfile:
             t = {k: f.get_tensor(k) for k in f.keys()}
         return cls(json.loads(meta["skills"]), t["count"], t["sum_abs"], t["sum_sq"], t["sum_active"],
                    t["tokens_active"], int(meta["tokens"]), t.get("reservoir"), json.loads(meta["reservoir_skills"]),
-                   json.loads(meta["reservoir_prompts"]))
+                   json.loads(meta["reservoir_prompts"]), t.get("attribution"))
 
 
 def profile_neurons(model, tokenizer, prompts: Iterable[tuple[str, str]], *, batch_size: int = 64,
