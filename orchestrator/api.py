@@ -121,7 +121,8 @@ class Orchestrator:
                         composition=None, **executor_options) -> "Orchestrator":
         """Open a model folder and a library (None for either: the toy world's) and start an executor.
 
-        `decomposer` is a Decomposer, or "rules" (default), "single", "model" (the base model writes the steps
+        `executor` is "transformers" (default) or "vllm" (`VllmExecutor`: one vLLM engine, multi-LoRA and
+        per-request FFN masks in mixed batches); `executor_options` go to its constructor. `decomposer` is a Decomposer, or "rules" (default), "single", "model" (the base model writes the steps
         as constrained JSON, rules as fallback) or "model:PATH" (a planner model folder does). `composition`
         (policies.Composition) says how steps routed to several bricks merge them.
         """
@@ -139,8 +140,12 @@ class Orchestrator:
             from orchestrator.transformers_executor import TransformersExecutor
 
             engine: Executor = TransformersExecutor(model_dir, lib, **executor_options)
+        elif executor == "vllm":
+            from orchestrator.vllm_executor import VllmExecutor
+
+            engine = VllmExecutor(model_dir, lib, **executor_options)
         else:
-            raise ValueError(f"unknown executor {executor!r}; expected 'transformers'")
+            raise ValueError(f"unknown executor {executor!r}; expected 'transformers' or 'vllm'")
         if routing is None:
             from orchestrator.calibrate import calibrated_routing
 

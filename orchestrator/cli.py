@@ -69,7 +69,7 @@ def run(instruction: Optional[str] = typer.Argument(None, help="What to do."),
         plan_file: Optional[Path] = typer.Option(None, "--plan", help="Run this plan JSON instead of planning."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt,
-        executor: str = typer.Option("transformers", "--executor", help="transformers")) -> None:
+        executor: str = typer.Option("transformers", "--executor", help="transformers | vllm")) -> None:
     """Plan and run an instruction; print the answer and the plan."""
     from orchestrator.plan import Plan
 

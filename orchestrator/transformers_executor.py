@@ -55,6 +55,7 @@ class TransformersExecutor:
         self.merge_seed = merge_seed
         self.compact = compact  # emergent bricks without LoRA run as smaller FFN matrices (fewer FLOPs)
         self._mask_cache: dict[str, dict] = {}
+        self._fits: set[str] = set()  # brick keys checked against the model
         self.merge_stats = MergeStats()
         self._lock = threading.Lock()
 
@@ -160,11 +161,17 @@ class TransformersExecutor:
             for b in r.config.bricks:
                 if b.kind not in ("lora", "ffn_mask"):
                     problems.add(f"brick {b.key} of unknown kind {b.kind}")
-                elif b.kind == "ffn_mask":
-                    try:
+                    continue
+                if b.key in self._fits:
+                    continue
+                try:
+                    if b.kind == "ffn_mask":
                         self._masks(BrickConfig(bricks=(b,)))
-                    except (BrickError, KeyError, ValueError) as e:
-                        problems.add(f"brick {b.key}: {str(e).splitlines()[0]}")
+                    else:
+                        self._brick_folder(b.id, b.version)
+                    self._fits.add(b.key)
+                except (BrickError, KeyError, ValueError) as e:
+                    problems.add(f"brick {b.key}: {str(e).strip(chr(34)).splitlines()[0]}")
         if problems:
             raise UnsupportedConfigError("transformers executor cannot run: " + "; ".join(sorted(problems)))
 

@@ -16,3 +16,86 @@ def quick_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("quick-world") / "w"
     report = build_world(out, BuildConfig.quick(seed=5))
     return out, report
+
+
+def require_vllm():
+    """Skip where vllm is not installed, unless BRICKWORK_REQUIRE_VLLM is set (tests/run, CI): then fail."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError as e:
+        if os.environ.get("BRICKWORK_REQUIRE_VLLM"):
+            pytest.fail(f"vllm is required here (BRICKWORK_REQUIRE_VLLM is set) but does not import: {e}")
+        pytest.skip(f"vllm not installed: {e}")
+
+
+@pytest.fixture(scope="session")
+def conformance_library(tmp_path_factory):
+    """A copy of the shipped toy library plus mask bricks (80 % keep, 10 %, 50 %, one of the wrong width) and a
+    rank-64 LoRA brick."""
+    import shutil
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from bricks.emergent.export import write_mask_brick
+    from bricks.library import Library
+    from bricks.model_io import load_model
+    from bricks.toyworld.paths import world_library_dir, world_model_dir
+    from bricks.training.export import write_lora_brick
+
+    root = tmp_path_factory.mktemp("conformance")
+    shutil.copytree(world_library_dir(), root / "lib")
+    lib = Library.open(root / "lib")
+    model = load_model(world_model_dir(), dtype="float32")
+    cfg = model.config
+    for i, (name, p) in enumerate([("keep80", 0.8), ("keep10", 0.1), ("keep50", 0.5)]):
+        g = torch.Generator().manual_seed(i)
+        masks = {layer: torch.rand(cfg.intermediate_size, generator=g) < p for layer in range(cfg.num_hidden_layers)}
+        write_mask_brick(root / name, masks, brick_id=name, description=f"random {name} neurons",
+                         examples=[f"{name} example"], base_model=lib.base_model, metrics={})
+        lib.add(root / name)
+    alien = {layer: torch.ones(cfg.intermediate_size + 8, dtype=torch.bool) for layer in range(cfg.num_hidden_layers)}
+    write_mask_brick(root / "alien", alien, brick_id="alien", description="a mask of another model's FFN",
+                     examples=["alien example"], base_model=lib.base_model, metrics={})
+    lib.add(root / "alien")
+    torch.manual_seed(0)
+    wide = get_peft_model(model, LoraConfig(r=64, lora_alpha=64, target_modules=["q_proj"], init_lora_weights=False))
+    write_lora_brick(wide, root / "wide", brick_id="wide", description="a rank 64 adapter",
+                     examples=["wide example"], base_model=lib.base_model, metrics={})
+    lib.add(root / "wide")
+    return Library.open(root / "lib")
+
+
+@pytest.fixture(scope="session")
+def vllm_executor(conformance_library):
+    """One vLLM engine for the whole session (it takes tens of seconds to start), float32 like the reference."""
+    require_vllm()
+    from bricks.toyworld.paths import world_model_dir
+    from orchestrator.vllm_executor import VllmExecutor
+
+    ex = VllmExecutor(world_model_dir(), conformance_library, dtype="float32", max_loras=2, max_lora_rank=32,
+                      max_model_len=256, max_num_seqs=32, cpu_kv_cache_gib=1)
+    yield ex
+    ex.close()
+
+
+@pytest.fixture(scope="session")
+def transformers_executor(conformance_library):
+    """The transformers executor over the same library, float32, as it runs by default (compact FFN, batches)."""
+    from bricks.toyworld.paths import world_model_dir
+    from orchestrator.transformers_executor import TransformersExecutor
+
+    ex = TransformersExecutor(world_model_dir(), conformance_library, dtype="float32")
+    yield ex
+    ex.close()
+
+
+@pytest.fixture(scope="session")
+def reference_executor(conformance_library):
+    """The reference outputs: transformers one request at a time, masks applied by zeroing (no compact FFN)."""
+    from bricks.toyworld.paths import world_model_dir
+    from orchestrator.transformers_executor import TransformersExecutor
+
+    ex = TransformersExecutor(world_model_dir(), conformance_library, dtype="float32", batch_size=1, compact=False)
+    yield ex
+    ex.close()

@@ -1,6 +1,6 @@
 """Batch-job benchmark: `brickwork batch` throughput against a plain Python loop calling `orc.run` one row at a time.
 
-    python tests/benchmarks/bench_batch.py [--rows 10000] [--loop-rows 300] [--chunk-size 1024]
+    python tests/benchmarks/bench_batch.py [--rows 10000] [--loop-rows 300] [--chunk-size 1024] [--executor vllm]
 
 Builds N toy world rows (single and compound tasks of every split, in a fixed shuffled order, ids made
 unique), runs them as a batch job (`orchestrator.batch.run_local`, the engine of `brickwork batch`) into a
@@ -35,13 +35,14 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=10_000)
     ap.add_argument("--loop-rows", type=int, default=300, help="rows timed in the orc.run loop (0: all)")
     ap.add_argument("--chunk-size", type=int, default=1024)
+    ap.add_argument("--executor", default="transformers", help="transformers | vllm (the same for batch and loop)")
     args = ap.parse_args()
 
     from orchestrator.api import Orchestrator
     from orchestrator.batch import BatchJob, run_local
 
     rows = _rows(args.rows)
-    with tempfile.TemporaryDirectory() as tmp, Orchestrator.from_pretrained() as orc:
+    with tempfile.TemporaryDirectory() as tmp, Orchestrator.from_pretrained(executor=args.executor) as orc:
         inp, out = Path(tmp) / "in.jsonl", Path(tmp) / "out.jsonl"
         inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         orc.run("Reverse the text.", "warm")  # first-call costs out of both timings
@@ -59,7 +60,7 @@ def main() -> None:
     same = sum(res.output == (written[r["id"]]["output"] or "") for r, res in zip(sample, looped))
     batch_rate, loop_rate = len(rows) / batch_s, len(sample) / loop_s
     report = {
-        "rows": len(rows), "chunk_size": args.chunk_size, "batch_seconds": round(batch_s, 1),
+        "executor": args.executor, "rows": len(rows), "chunk_size": args.chunk_size, "batch_seconds": round(batch_s, 1),
         "batch_rows_per_s": round(batch_rate, 2), "loop_rows": len(sample), "loop_seconds": round(loop_s, 1),
         "loop_rows_per_s": round(loop_rate, 2), "ratio": round(batch_rate / loop_rate, 2),
         "loop_outputs_equal_batch": f"{same}/{len(sample)}", "errors": summary.errors, "accuracy": summary.accuracy,

