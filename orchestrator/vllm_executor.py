@@ -70,9 +70,10 @@ def _default_cpu_kv_cache_gib() -> int:
 class VllmExecutor:
     """Runs requests on one vLLM engine with multi-LoRA and per-request FFN masks, all in mixed batches.
 
-    `max_loras` (adapters in one batch; vLLM's scheduler holds back requests of further adapters until a slot
-    frees) and `max_lora_rank` default to what the library needs. `enforce_eager` defaults to True: the mask
-    patches read each step's token -> mask mapping in Python, which CUDA graphs and torch.compile would freeze.
+    `dtype="auto"` is the checkpoint's dtype, as in the transformers executor. `max_loras` (adapters in one
+    batch; vLLM's scheduler holds back requests of further adapters until a slot frees) and `max_lora_rank`
+    default to what the library needs. `enforce_eager` defaults to True: the mask patches read each step's
+    token -> mask mapping in Python, which CUDA graphs and torch.compile would freeze.
     Anything else vLLM's `LLM` takes goes through `engine_args`.
     """
 
@@ -93,6 +94,9 @@ class VllmExecutor:
         self.library = library
         self.tokenizer = load_tokenizer(self.model_dir)
         self._config = AutoConfig.from_pretrained(str(self.model_dir), trust_remote_code=trust_remote_code)
+        if dtype == "auto":  # the checkpoint's dtype, as in transformers (vLLM's "auto" makes float32 bfloat16 on CPU)
+            stored = getattr(self._config, "dtype", None) or getattr(self._config, "torch_dtype", None)
+            dtype = str(stored).removeprefix("torch.") if stored is not None else "auto"
         ranks = [self._lora_rank(b.id, b.version) for b in library.list() if b.manifest.kind == "lora"]
         self.max_lora_rank = max_lora_rank or lora_rank_limit(max(ranks, default=8))
         if self.max_lora_rank not in LORA_RANKS:

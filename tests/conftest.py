@@ -18,6 +18,22 @@ def quick_world(tmp_path_factory):
     return out, report
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    """(model, tokenizer): a random 2-layer Llama (hidden 32, FFN 64) on the toy world's character tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from bricks.toyworld.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    return LlamaForCausalLM(cfg).eval(), tok
+
+
 def require_vllm():
     """Skip where vllm is not installed, unless BRICKWORK_REQUIRE_VLLM is set (tests/run, CI): then fail."""
     try:

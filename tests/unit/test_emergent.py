@@ -8,20 +8,6 @@ from bricks.emergent.discover import cluster_neurons, supervised_masks
 from bricks.emergent.profile import NeuronProfile
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from bricks.toyworld.tokenizer import build_tokenizer
-
-    tok = build_tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
-                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    return LlamaForCausalLM(cfg).eval(), tok
-
-
 def _logits(model, tok, text="Sort the letters.\nIn: abc\nOut: "):
     with torch.inference_mode():
         return model(input_ids=torch.tensor([tok(text).input_ids])).logits
