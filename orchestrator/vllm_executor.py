@@ -49,6 +49,8 @@ def lora_rank_limit(rank: int) -> int:
 
 
 def _import_vllm():
+    # vLLM logs to stdout by default, which would mix its lines into the CLI's answers and --json output
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     try:
         import vllm
     except ImportError as e:
@@ -112,7 +114,7 @@ class VllmExecutor:
 
         from vllm.platforms import current_platform
 
-        if current_platform.is_cpu() and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+        if current_platform.is_cpu() and (cpu_kv_cache_gib is not None or "VLLM_CPU_KVCACHE_SPACE" not in os.environ):
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kv_cache_gib or _default_cpu_kv_cache_gib())
         kwargs: dict[str, Any] = dict(
             model=str(self.model_dir), dtype=dtype, enable_lora=True, max_loras=self.max_loras,
@@ -126,9 +128,13 @@ class VllmExecutor:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         kwargs.update(engine_args or {})
         self.llm = vllm.LLM(**kwargs)
-        self.llm.collective_rpc("brickwork_install", args=(self._config.num_hidden_layers,
-                                                           self._config.intermediate_size, compact,
-                                                           str(self.model_dir)))
+        try:
+            self.llm.collective_rpc("brickwork_install", args=(self._config.num_hidden_layers,
+                                                               self._config.intermediate_size, compact,
+                                                               str(self.model_dir)))
+        except Exception:
+            self.close()  # a model the patches do not fit: no engine left behind
+            raise
         log.info("vLLM engine ready: max_loras=%d max_lora_rank=%d", self.max_loras, self.max_lora_rank)
 
     @property
@@ -266,7 +272,7 @@ class VllmExecutor:
         from vllm import SamplingParams
 
         return SamplingParams(temperature=decoding.temperature, top_p=decoding.top_p,
-                              max_tokens=decoding.max_new_tokens, skip_special_tokens=True,
+                              max_tokens=decoding.max_new_tokens, detokenize=False,  # decoded here, once
                               extra_args={"brickwork_mask": mask_slot} if mask_slot else None)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:

@@ -11,6 +11,7 @@ token -> mask mapping next to it from the same batch order.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 __all__ = ["BrickworkWorkerExtension", "MASK_ARG"]
 
@@ -86,7 +87,7 @@ def _masked_mlp(mlp, layer: int, table, weights: _FfnWeights, tp_size: int):
 
 
 class _StepSegments:
-    """Segments computed once per forward pass: every LoRA op of a pass gets the same token -> slot mapping
+    """Token groupings computed once per forward pass: every LoRA op of a pass gets the same token -> slot mapping
     (or, for the logits, request -> slot, which has another length unless every request has one token, when
     the two are equal), so the mapping is keyed by its length. Cleared before and after every pass; off
     unless a worker installed the patches (direct calls, as in tests, always compute)."""
@@ -99,61 +100,87 @@ class _StepSegments:
         cls.by_length = {}
 
 
-def _segments(indices, n: int):
-    """(slot, token rows) for each adapter slot among the first n tokens; tokens without one (-1) are left out."""
+@dataclass(frozen=True)
+class _Grouping:
+    """The tokens that run an adapter, ordered by slot: `rows` (a slice when it is one run), and for each slot
+    the span [start, end) of those rows."""
+
+    rows: object  # slice | long tensor [K]
+    spans: tuple[tuple[int, int, int], ...]  # (slot, start, end)
+
+
+_NONE = _Grouping(rows=slice(0, 0), spans=())
+
+
+def _grouping(indices, n: int) -> _Grouping:
+    """The grouping of the first n tokens; tokens without an adapter (-1) are left out."""
     if not _StepSegments.enabled:
-        return _compute_segments(indices, n)
+        return _compute_grouping(indices, n)
     cached = _StepSegments.by_length.get(n)
     if cached is None:
-        cached = _StepSegments.by_length[n] = _compute_segments(indices, n)
+        cached = _StepSegments.by_length[n] = _compute_grouping(indices, n)
     return cached
 
 
-def _compute_segments(indices, n: int):
+def _compute_grouping(indices, n: int) -> _Grouping:
     import torch
 
-    idx = indices[:n]
     if n == 0:
-        return []
+        return _NONE
+    idx = indices[:n]
     lo, hi = int(idx.min()), int(idx.max())
     if lo == hi:  # one adapter (or none) for the whole batch: no gather
-        return [] if lo < 0 else [(lo, slice(0, n))]
-    return [(int(s), (idx == s).nonzero().flatten()) for s in torch.unique(idx).tolist() if s >= 0]
+        return _NONE if lo < 0 else _Grouping(rows=slice(0, n), spans=((lo, 0, n),))
+    with_adapter = (idx >= 0).nonzero().flatten()
+    slots = idx[with_adapter]
+    order = torch.argsort(slots, stable=True)
+    unique, counts = torch.unique_consecutive(slots[order], return_counts=True)
+    spans, start = [], 0
+    for slot, count in zip(unique.tolist(), counts.tolist()):
+        spans.append((slot, start, start + count))
+        start += count
+    return _Grouping(rows=with_adapter[order], spans=tuple(spans))
 
 
-def _stacked(weights, dtype):
-    return (weights.squeeze(1) if weights.dim() == 4 else weights).to(dtype)  # [slots, out, in]
+def _lora_matmul(x, weights, g: _Grouping):
+    """[K, out]: each grouped token's row of x times its slot's matrix, one matmul per slot on contiguous rows."""
+    import torch
+
+    w = weights.squeeze(1) if weights.dim() == 4 else weights  # [slots, out, in]
+    xs = x[g.rows]  # [K, in], ordered by slot
+    parts = [xs[a:b] @ w[slot].to(x.dtype).t() for slot, a, b in g.spans]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def bgmv_shrink(inputs, weights, output, indices, scaling: float = 1.0):
-    """output[t, :r] = scaling * inputs[t] @ A[slot(t)].T, one matmul per adapter slot in the batch."""
-    w, x = _stacked(weights, output.dtype), inputs.to(output.dtype)
-    for slot, rows in _segments(indices, min(x.shape[0], output.shape[0])):
-        y = x[rows] @ w[slot].t()  # [k, H] @ [H, r] -> [k, r]
-        output[rows, : y.shape[1]] = scaling * y
+    """output[t, :r] = scaling * inputs[t] @ A[slot(t)].T; tokens without an adapter are left alone."""
+    g = _grouping(indices, min(inputs.shape[0], output.shape[0]))
+    if g.spans:
+        y = _lora_matmul(inputs.to(output.dtype), weights, g)  # [K, r]
+        output[g.rows, : y.shape[1]] = scaling * y
 
 
 def bgmv_expand(inputs, weights, output, indices, add_inputs: bool = True):
-    """output[t, :out] (+)= inputs[t] @ B[slot(t)].T, one matmul per adapter slot in the batch."""
-    w, x = _stacked(weights, output.dtype), inputs.to(output.dtype)
-    for slot, rows in _segments(indices, min(x.shape[0], output.shape[0])):
-        y = x[rows] @ w[slot].t()  # [k, r] @ [r, out] -> [k, out]
+    """output[t, :out] (+)= inputs[t] @ B[slot(t)].T; tokens without an adapter are left alone."""
+    g = _grouping(indices, min(inputs.shape[0], output.shape[0]))
+    if g.spans:
+        y = _lora_matmul(inputs.to(output.dtype), weights, g)  # [K, out]
         c = min(y.shape[1], output.shape[1])  # adapter and model may pad differently
         if add_inputs:
-            output[rows, :c] += y[:, :c]
+            output[g.rows, :c] += y[:, :c]
         else:
-            output[rows, :c] = y[:, :c]
+            output[g.rows, :c] = y[:, :c]
 
 
 def bgmv_expand_slice(inputs, weights, output, indices, slice_offset: int, slice_size: int, add_inputs: bool = True):
-    """output[t, offset:offset + size] (+)= inputs[t] @ B[slot(t)].T, one matmul per adapter slot in the batch."""
-    w, x = _stacked(weights, output.dtype), inputs.to(output.dtype)
-    for slot, rows in _segments(indices, min(x.shape[0], output.shape[0])):
-        y = x[rows] @ w[slot].t()
+    """output[t, offset:offset + size] (+)= inputs[t] @ B[slot(t)].T; tokens without an adapter are left alone."""
+    g = _grouping(indices, min(inputs.shape[0], output.shape[0]))
+    if g.spans:
+        y = _lora_matmul(inputs.to(output.dtype), weights, g)
         if add_inputs:
-            output[rows, slice_offset : slice_offset + slice_size] += y
+            output[g.rows, slice_offset : slice_offset + slice_size] += y
         else:
-            output[rows, slice_offset : slice_offset + slice_size] = y
+            output[g.rows, slice_offset : slice_offset + slice_size] = y
 
 
 _GROUPED_OPS = {"bgmv_shrink": bgmv_shrink, "bgmv_expand": bgmv_expand, "bgmv_expand_slice": bgmv_expand_slice}

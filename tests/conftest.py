@@ -45,6 +45,12 @@ def require_vllm():
 
 
 @pytest.fixture(scope="session")
+def vllm_available():
+    """Skip (or, under BRICKWORK_REQUIRE_VLLM, fail) where vllm does not import."""
+    require_vllm()
+
+
+@pytest.fixture(scope="session")
 def conformance_library(tmp_path_factory):
     """A copy of the shipped toy library plus mask bricks (80 % keep, 10 %, 50 %, one of the wrong width) and a
     rank-64 LoRA brick."""
