@@ -203,13 +203,57 @@ def _fix_cpu_lora_ops() -> None:
             setattr(cpu, name, op)
 
 
+def _decoder_mlps(model, num_layers: int) -> dict:
+    """{layer: the decoder layer's MLP module} (Llama/Mistral/Qwen layout: gate_up_proj and down_proj)."""
+    mlps = {}
+    for name, module in model.named_modules():
+        m = _MLP.search(name)
+        if m and hasattr(module, "down_proj") and hasattr(module, "gate_up_proj"):
+            mlps[int(m.group(1))] = module
+    if sorted(mlps) != list(range(num_layers)):
+        raise ValueError(f"vLLM model {type(model).__name__}: found FFN (mlp.gate_up_proj/down_proj) in "
+                         f"layers {sorted(mlps)}, expected layers 0..{num_layers - 1}")
+    return mlps
+
+
+def _map_tokens_to_masks(runner, model, table) -> None:
+    """Before each pass, set the table's token -> mask mapping where vLLM sets its token -> LoRA mapping."""
+    import numpy as np
+
+    set_active_loras = getattr(runner, "set_active_loras", None)
+    if set_active_loras is None:
+        import vllm
+
+        raise RuntimeError(f"vLLM {vllm.__version__}: the model runner has no set_active_loras; brickwork's "
+                           "mask patches are written for vLLM 0.32")
+
+    def set_active_loras_and_masks(input_batch, num_scheduled_tokens, *args, **kwargs):
+        n = input_batch.num_reqs
+        slots = []
+        for req_id in input_batch.req_ids[:n]:
+            params = runner.requests[req_id].sampling_params
+            extra = (params.extra_args or {}) if params is not None else {}
+            slots.append(int(extra.get(MASK_ARG, 0)))
+        any_lora = bool(np.any(input_batch.request_lora_mapping[:n] > 0))
+        table.set_batch(slots, [int(t) for t in num_scheduled_tokens[:n]], any_lora)
+        _StepSegments.clear()
+        return set_active_loras(input_batch, num_scheduled_tokens, *args, **kwargs)
+
+    def after_pass(*_):  # dummy and warm-up passes (no set_active_loras before them) run unmasked
+        table.clear()
+        _StepSegments.clear()
+
+    runner.set_active_loras = set_active_loras_and_masks
+    model.register_forward_hook(after_pass)
+
+
 class BrickworkWorkerExtension:
     """Methods vLLM mixes into its worker class (prefixed, so that they cannot clash with vLLM's own)."""
 
     def brickwork_install(self, num_layers: int, intermediate_size: int, compact: bool = True,
                           model_dir: str | None = None) -> int:
         """Patch every decoder layer's MLP and the runner's batch preparation; returns the layers patched."""
-        import numpy as np
+        from vllm.platforms import current_platform
 
         from orchestrator.vllm_masks import MaskTable
 
@@ -217,19 +261,10 @@ class BrickworkWorkerExtension:
             return self._brickwork_table.num_layers
         runner = self.model_runner
         model = runner.get_model()
-        from vllm.platforms import current_platform
-
         if current_platform.is_cpu():
             _fix_cpu_lora_ops()
             _StepSegments.enabled = True
-        mlps = {}
-        for name, module in model.named_modules():
-            m = _MLP.search(name)
-            if m and hasattr(module, "down_proj") and hasattr(module, "gate_up_proj"):
-                mlps[int(m.group(1))] = module
-        if sorted(mlps) != list(range(num_layers)):
-            raise ValueError(f"vLLM model {type(model).__name__}: found FFN (mlp.gate_up_proj/down_proj) in "
-                             f"layers {sorted(mlps)}, expected layers 0..{num_layers - 1}")
+        mlps = _decoder_mlps(model, num_layers)
         down = mlps[0].down_proj
         local = getattr(down, "input_size_per_partition", intermediate_size)  # this rank's share of the neurons
         rank, tp_size = getattr(down, "tp_rank", 0), getattr(down, "tp_size", 1)
@@ -247,32 +282,7 @@ class BrickworkWorkerExtension:
 
             mlp.down_proj.register_forward_pre_hook(pre)
             mlp.forward = _masked_mlp(mlp, layer, table, weights, tp_size)
-
-        set_active_loras = getattr(runner, "set_active_loras", None)
-        if set_active_loras is None:
-            import vllm
-
-            raise RuntimeError(f"vLLM {vllm.__version__}: the model runner has no set_active_loras; brickwork's "
-                               "mask patches are written for vLLM 0.32")
-
-        def set_active_loras_and_masks(input_batch, num_scheduled_tokens, *args, **kwargs):
-            n = input_batch.num_reqs
-            slots = []
-            for req_id in input_batch.req_ids[:n]:
-                params = runner.requests[req_id].sampling_params
-                extra = (params.extra_args or {}) if params is not None else {}
-                slots.append(int(extra.get(MASK_ARG, 0)))
-            any_lora = bool(np.any(input_batch.request_lora_mapping[:n] > 0))
-            table.set_batch(slots, [int(t) for t in num_scheduled_tokens[:n]], any_lora)
-            _StepSegments.clear()
-            return set_active_loras(input_batch, num_scheduled_tokens, *args, **kwargs)
-
-        runner.set_active_loras = set_active_loras_and_masks
-        def after_pass(*_):  # dummy and warm-up passes (no set_active_loras before them) run unmasked
-            table.clear()
-            _StepSegments.clear()
-
-        model.register_forward_hook(after_pass)
+        _map_tokens_to_masks(runner, model, table)
         self._brickwork_table = table
         return num_layers
 
