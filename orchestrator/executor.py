@@ -9,7 +9,7 @@ from typing import Protocol, runtime_checkable
 
 from orchestrator.plan import BrickConfig, Decoding
 
-__all__ = ["GenerationRequest", "Executor", "UnsupportedConfigError", "group_requests"]
+__all__ = ["GenerationRequest", "Executor", "UnsupportedConfigError", "group_requests", "config_masks", "reason"]
 
 
 class UnsupportedConfigError(ValueError):
@@ -51,3 +51,28 @@ def group_requests(requests: Sequence[GenerationRequest]) -> dict[tuple[str, Dec
     for i, req in enumerate(requests):
         groups[(req.config.key, req.decoding)].append(i)
     return dict(groups)
+
+
+def config_masks(library, config: BrickConfig, model_config, cache: dict | None = None) -> dict | None:
+    """The combined neuron mask of `config`'s emergent bricks, each checked against the model (and kept in
+    `cache` by brick key, when given, so it is read once); None when the configuration has no mask brick."""
+    if not config.masks:
+        return None
+    from bricks.ffn_mask import FfnMaskBrick, combine_masks
+
+    cache = {} if cache is None else cache
+    loaded = []
+    for ref in config.masks:
+        if ref.key not in cache:
+            brick = library.get(ref.id, ref.version)
+            mask_brick = FfnMaskBrick.from_dir(brick.path, brick.manifest)
+            mask_brick.check_fits(model_config)
+            cache[ref.key] = mask_brick.masks()
+        loaded.append(cache[ref.key])
+    return loaded[0] if len(loaded) == 1 else combine_masks(loaded, config.mask_merge)
+
+
+def reason(error: Exception) -> str:
+    """The first line of an error's message, for one-line "cannot run" lists (a KeyError without its quotes)."""
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    return (text.strip().splitlines() or [type(error).__name__])[0]

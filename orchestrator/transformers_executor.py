@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bricks.generation import generate_texts
 from bricks.model_io import load_model, load_tokenizer
-from orchestrator.executor import GenerationRequest, UnsupportedConfigError, group_requests
+from orchestrator.executor import GenerationRequest, UnsupportedConfigError, config_masks, group_requests, reason
 from orchestrator.plan import BrickConfig
 
 __all__ = ["TransformersExecutor", "MergeStats"]
@@ -125,20 +125,7 @@ class TransformersExecutor:
 
     def _masks(self, config: BrickConfig) -> dict | None:
         """The combined neuron mask of `config`'s emergent bricks (loaded once per brick), None without any."""
-        refs = config.masks
-        if not refs:
-            return None
-        from bricks.ffn_mask import FfnMaskBrick, combine_masks
-
-        loaded = []
-        for ref in refs:
-            if ref.key not in self._mask_cache:
-                brick = self.library.get(ref.id, ref.version)
-                mask_brick = FfnMaskBrick.from_dir(brick.path, brick.manifest)
-                mask_brick.check_fits(self.model.config)
-                self._mask_cache[ref.key] = mask_brick.masks()
-            loaded.append(self._mask_cache[ref.key])
-        return loaded[0] if len(loaded) == 1 else combine_masks(loaded, config.mask_merge)
+        return config_masks(self.library, config, self.model.config, self._mask_cache)
 
     def _ffn_context(self, config: BrickConfig, adapter: str | None):
         """Masked FFN, or compact FFN when no LoRA runs in this group and `compact` is on."""
@@ -171,7 +158,7 @@ class TransformersExecutor:
                         self._brick_folder(b.id, b.version)
                     self._fits.add(b.key)
                 except (BrickError, KeyError, ValueError) as e:
-                    problems.add(f"brick {b.key}: {str(e).strip(chr(34)).splitlines()[0]}")
+                    problems.add(f"brick {b.key}: {reason(e)}")
         if problems:
             raise UnsupportedConfigError("transformers executor cannot run: " + "; ".join(sorted(problems)))
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.executor import GenerationRequest, UnsupportedConfigError
+from orchestrator.executor import GenerationRequest, UnsupportedConfigError, config_masks, reason
 from orchestrator.plan import BrickConfig, BrickRef, Decoding
 
 __all__ = ["VllmExecutor", "VllmNotInstalledError", "lora_int_id", "lora_rank_limit", "LORA_RANKS"]
@@ -189,13 +189,16 @@ class VllmExecutor:
         folder = self.cache_dir / f"{digest}-seed{self.merge_seed}"
         if not (folder / "adapter_model.safetensors").is_file():
             self._merge_into(config, folder)
-        rank = self._rank_of(folder)
+        from bricks.lora.brick import LoraBrickConfig
+
+        rank = LoraBrickConfig.from_dir(folder).r
         if rank > self.max_lora_rank:
             raise ValueError(f"merged rank {rank} is above the engine's max_lora_rank {self.max_lora_rank}")
         return folder
 
     def _merge_into(self, config: BrickConfig, folder: Path) -> None:
         from bricks.atomic import staged_folder
+        from bricks.training.export import save_adapter
 
         if self._merger is None:
             from orchestrator.transformers_executor import TransformersExecutor
@@ -207,18 +210,7 @@ class VllmExecutor:
         name = self._merger._activate(config)
         folder.parent.mkdir(parents=True, exist_ok=True)
         with staged_folder(folder) as tmp:
-            self._merger.model.save_pretrained(str(tmp), selected_adapters=[name], safe_serialization=True)
-            inner = tmp / name  # PEFT writes a non-default adapter into a subfolder named after it
-            if inner.is_dir():
-                for f in inner.iterdir():
-                    f.rename(tmp / f.name)
-                inner.rmdir()
-
-    @staticmethod
-    def _rank_of(folder: Path) -> int:
-        import json
-
-        return int(json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))["r"])
+            save_adapter(self._merger.model, tmp, name)
 
     def _mask_slot(self, config: BrickConfig) -> int:
         """The worker mask slot of `config`'s masks (registered in every worker on first use), 0 for none."""
@@ -227,16 +219,9 @@ class VllmExecutor:
         key = config.mask_key
         if key not in self._mask_slots:
             from bricks.emergent.masking import kept_neurons
-            from bricks.ffn_mask import FfnMaskBrick, combine_masks
             from orchestrator.vllm_masks import pack_mask
 
-            loaded = []
-            for ref in config.masks:
-                brick = self.library.get(ref.id, ref.version)
-                mask_brick = FfnMaskBrick.from_dir(brick.path, brick.manifest)
-                mask_brick.check_fits(self._config)
-                loaded.append(mask_brick.masks())
-            masks = loaded[0] if len(loaded) == 1 else combine_masks(loaded, config.mask_merge)
+            masks = config_masks(self.library, config, self._config)
             packed = pack_mask(kept_neurons(masks, config.mask_mode), self._config.num_hidden_layers,
                                self._config.intermediate_size)
             slots = set(self.llm.collective_rpc("brickwork_add_mask", args=(key, *packed)))
@@ -264,7 +249,7 @@ class VllmExecutor:
                 self._lora_request(config)
                 self._mask_slot(config)
             except (BrickError, KeyError, ValueError) as e:
-                problems.add(f"{config.key}: {str(e).strip().splitlines()[0]}")
+                problems.add(f"{config.key}: {reason(e)}")
         if problems:
             raise UnsupportedConfigError("vllm executor cannot run: " + "; ".join(sorted(problems)))
 

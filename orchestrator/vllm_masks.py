@@ -56,8 +56,7 @@ class MaskTable:
         width = self.shard.stop - self.shard.start
         self.rows = [torch.ones((1, width), dtype=dtype, device=device) for _ in range(num_layers)]  # [S, I_local]
         self.slots: dict[str, int] = {}
-        self._kept: list = []  # per slot (slot 0: None): long indices of kept local neurons per layer
-        self._kept.append(None)
+        self._kept: list = [None]  # per slot (slot 0: none): long indices of kept local neurons per layer
         self._compact_cache: dict[tuple[int, int], tuple] = {}
         self.batch = BatchMasks(uniform=0)
         self.passes = {"none": 0, "uniform": 0, "compact": 0, "mixed": 0}  # forward passes by how masks ran

@@ -86,7 +86,7 @@ def _masked_mlp(mlp, layer: int, table, weights: _FfnWeights, tp_size: int):
     return forward
 
 
-class _StepSegments:
+class _StepGroupings:
     """Token groupings computed once per forward pass: every LoRA op of a pass gets the same token -> slot mapping
     (or, for the logits, request -> slot, which has another length unless every request has one token, when
     the two are equal), so the mapping is keyed by its length. Cleared before and after every pass; off
@@ -114,11 +114,11 @@ _NONE = _Grouping(rows=slice(0, 0), spans=())
 
 def _grouping(indices, n: int) -> _Grouping:
     """The grouping of the first n tokens; tokens without an adapter (-1) are left out."""
-    if not _StepSegments.enabled:
+    if not _StepGroupings.enabled:
         return _compute_grouping(indices, n)
-    cached = _StepSegments.by_length.get(n)
+    cached = _StepGroupings.by_length.get(n)
     if cached is None:
-        cached = _StepSegments.by_length[n] = _compute_grouping(indices, n)
+        cached = _StepGroupings.by_length[n] = _compute_grouping(indices, n)
     return cached
 
 
@@ -236,12 +236,12 @@ def _map_tokens_to_masks(runner, model, table) -> None:
             slots.append(int(extra.get(MASK_ARG, 0)))
         any_lora = bool(np.any(input_batch.request_lora_mapping[:n] > 0))
         table.set_batch(slots, [int(t) for t in num_scheduled_tokens[:n]], any_lora)
-        _StepSegments.clear()
+        _StepGroupings.clear()
         return set_active_loras(input_batch, num_scheduled_tokens, *args, **kwargs)
 
     def after_pass(*_):  # dummy and warm-up passes (no set_active_loras before them) run unmasked
         table.clear()
-        _StepSegments.clear()
+        _StepGroupings.clear()
 
     runner.set_active_loras = set_active_loras_and_masks
     model.register_forward_hook(after_pass)
@@ -263,7 +263,7 @@ class BrickworkWorkerExtension:
         model = runner.get_model()
         if current_platform.is_cpu():
             _fix_cpu_lora_ops()
-            _StepSegments.enabled = True
+            _StepGroupings.enabled = True
         mlps = _decoder_mlps(model, num_layers)
         down = mlps[0].down_proj
         local = getattr(down, "input_size_per_partition", intermediate_size)  # this rank's share of the neurons

@@ -46,8 +46,7 @@ def attribution_scores(model, tokenizer, examples: Iterable[tuple[str, str, str]
             acts[layer] = args[0]  # down_proj's input; the graph through it is kept for autograd.grad
         return pre
 
-    handles = [getattr(mlp.down_proj, "base_layer", mlp.down_proj).register_forward_pre_hook(hook(i))
-               for i, mlp in enumerate(layout.mlps)]
+    handles = layout.hook_neuron_inputs(hook)
     was_training = model.training
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -28,6 +28,12 @@ class FfnLayout:
     def num_layers(self) -> int:
         return len(self.mlps)
 
+    def hook_neuron_inputs(self, make_pre) -> list:
+        """Register `make_pre(layer)` as a forward pre-hook on every layer's down_proj (the plain Linear inside a
+        PEFT wrapper), where it sees the neurons' activations act(gate(x)) * up(x) [B, T, I]; returns the handles."""
+        return [getattr(mlp.down_proj, "base_layer", mlp.down_proj).register_forward_pre_hook(make_pre(i))
+                for i, mlp in enumerate(self.mlps)]
+
 
 def _base(model):
     for _ in range(4):  # PeftModel -> LoraModel -> XForCausalLM -> XModel

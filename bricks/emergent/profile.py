@@ -132,8 +132,7 @@ def profile_neurons(model, tokenizer, prompts: Iterable[tuple[str, str]], *, bat
             tokens_active[layer] += float(active.sum())
         return pre
 
-    handles = [getattr(mlp.down_proj, "base_layer", mlp.down_proj).register_forward_pre_hook(hook(i))
-               for i, mlp in enumerate(layout.mlps)]
+    handles = layout.hook_neuron_inputs(hook)
     was_training = model.training
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
