@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import zlib
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,19 @@ def _import_vllm():
     return vllm
 
 
+def _mask_parts(requests: Sequence[GenerationRequest], max_masks: int) -> list[list[int]]:
+    """Indices of `requests` in engine calls of at most `max_masks` distinct masks each (one call when they fit;
+    requests without a mask go in the first)."""
+    keys = list(dict.fromkeys(r.config.mask_key for r in requests if r.config.masks))
+    if len(keys) <= max_masks:
+        return [list(range(len(requests)))]
+    part_of = {k: i // max_masks for i, k in enumerate(keys)}
+    parts: list[list[int]] = [[] for _ in range(-(-len(keys) // max_masks))]
+    for i, r in enumerate(requests):
+        parts[part_of[r.config.mask_key] if r.config.masks else 0].append(i)
+    return parts
+
+
 def _default_cpu_kv_cache_gib() -> int:
     """A KV cache that leaves most of the machine's memory free: 1/8 of it, between 1 and 16 GiB."""
     try:
@@ -74,7 +88,9 @@ class VllmExecutor:
 
     `dtype="auto"` is the checkpoint's dtype, as in the transformers executor. `max_loras` (adapters in one
     batch; vLLM's scheduler holds back requests of further adapters until a slot frees) and `max_lora_rank`
-    default to what the library needs. `enforce_eager` defaults to True: the mask patches read each step's
+    default to what the library needs. Up to `max_masks` mask configurations stay registered in the workers
+    (least recently used ones are removed; a call with more is run in parts of `max_masks`), and compact FFN
+    matrices are kept for `compact_cache_masks` of them. `enforce_eager` defaults to True: the mask patches read each step's
     token -> mask mapping in Python, which CUDA graphs and torch.compile would freeze.
     Anything else vLLM's `LLM` takes goes through `engine_args`.
     """
@@ -85,6 +101,7 @@ class VllmExecutor:
                  max_lora_rank: int | None = None, max_cpu_loras: int | None = None, max_model_len: int | None = None,
                  max_num_seqs: int = 256, tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
                  cpu_kv_cache_gib: int | None = None, enforce_eager: bool = True, compact: bool = True,
+                 max_masks: int = 64, compact_cache_masks: int = 8,
                  trust_remote_code: bool = False, seed: int = 0, merge_seed: int = 0, cache_dir: Path | None = None,
                  engine_args: Mapping[str, Any] | None = None) -> None:
         vllm = _import_vllm()
@@ -109,7 +126,12 @@ class VllmExecutor:
         self._lock = threading.Lock()
         self._lora_ids: dict[str, int] = {}
         self._lora_requests: dict[str, Any] = {}  # LoRARequest per LoRA key, checked against the model once
-        self._mask_slots: dict[str, int] = {}
+        if max_masks < 1 or compact_cache_masks < 1:
+            raise ValueError(f"max_masks and compact_cache_masks must be at least 1, got {max_masks} and "
+                             f"{compact_cache_masks}")
+        self.max_masks = max_masks
+        self._mask_slots: OrderedDict[str, int] = OrderedDict()  # registered in the workers, least recently used first
+        self._packed_masks: dict[str, tuple[bytes, int, int]] = {}
         self._merger = None
 
         from vllm.platforms import current_platform
@@ -131,7 +153,7 @@ class VllmExecutor:
         try:
             self.llm.collective_rpc("brickwork_install", args=(self._config.num_hidden_layers,
                                                                self._config.intermediate_size, compact,
-                                                               str(self.model_dir)))
+                                                               str(self.model_dir), compact_cache_masks))
         except Exception:
             self.close()  # a model the patches do not fit: no engine left behind
             raise
@@ -212,23 +234,35 @@ class VllmExecutor:
         with staged_folder(folder) as tmp:
             save_adapter(self._merger.model, tmp, name)
 
-    def _mask_slot(self, config: BrickConfig) -> int:
-        """The worker mask slot of `config`'s masks (registered in every worker on first use), 0 for none."""
-        if not config.masks:
-            return 0
+    def _packed_mask(self, config: BrickConfig) -> tuple[bytes, int, int]:
+        """`config`'s masks combined and packed for the workers (checked against the model once per key)."""
         key = config.mask_key
-        if key not in self._mask_slots:
+        if key not in self._packed_masks:
             from bricks.emergent.masking import kept_neurons
             from orchestrator.vllm_masks import pack_mask
 
             masks = config_masks(self.library, config, self._config)
-            packed = pack_mask(kept_neurons(masks, config.mask_mode), self._config.num_hidden_layers,
-                               self._config.intermediate_size)
-            slots = set(self.llm.collective_rpc("brickwork_add_mask", args=(key, *packed)))
+            self._packed_masks[key] = pack_mask(kept_neurons(masks, config.mask_mode),
+                                                self._config.num_hidden_layers, self._config.intermediate_size)
+        return self._packed_masks[key]
+
+    def _register_masks(self, configs: Mapping[str, BrickConfig]) -> None:
+        """Make every mask key of `configs` ({mask key: config}, at most max_masks) registered in the workers,
+        removing the least recently used others to stay within max_masks."""
+        for key in configs:
+            if key in self._mask_slots:
+                self._mask_slots.move_to_end(key)
+        for key, config in configs.items():
+            if key in self._mask_slots:
+                continue
+            while len(self._mask_slots) >= self.max_masks:
+                old = next(k for k in self._mask_slots if k not in configs)
+                self.llm.collective_rpc("brickwork_remove_mask", args=(old,))
+                del self._mask_slots[old]
+            slots = set(self.llm.collective_rpc("brickwork_add_mask", args=(key, *self._packed_mask(config))))
             if len(slots) != 1:
                 raise RuntimeError(f"workers gave mask {key} different slots {sorted(slots)}")
             self._mask_slots[key] = slots.pop()
-        return self._mask_slots[key]
 
     # -- Executor -------------------------------------------------------------------------------------
     def check(self, requests: Sequence[GenerationRequest]) -> None:
@@ -247,7 +281,8 @@ class VllmExecutor:
                     problems.add(f"brick {b.key} of unknown kind {b.kind}")
             try:
                 self._lora_request(config)
-                self._mask_slot(config)
+                if config.masks:
+                    self._packed_mask(config)
             except (BrickError, KeyError, ValueError) as e:
                 problems.add(f"{config.key}: {reason(e)}")
         if problems:
@@ -263,19 +298,28 @@ class VllmExecutor:
     def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
         if not requests:
             return []
-        from vllm.inputs import TokensPrompt
-
         with self._lock:
             self.check(requests)
-            prompts, params, loras = [], [], []
-            for r in requests:
-                prompt = TokensPrompt(prompt_token_ids=self.tokenizer(r.prompt).input_ids)
-                if r.config.masks:  # KV computed under one mask must not be reused from the prefix cache by another
-                    prompt["cache_salt"] = r.config.mask_key
-                prompts.append(prompt)
-                params.append(self._sampling(r.decoding, self._mask_slot(r.config)))
-                loras.append(self._lora_request(r.config))
-            outs = self.llm.generate(prompts, params, lora_request=loras, use_tqdm=False)
+            outs: list[str] = [""] * len(requests)
+            for part in _mask_parts(requests, self.max_masks):
+                for i, text in zip(part, self._generate([requests[i] for i in part])):
+                    outs[i] = text
+        return outs
+
+    def _generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
+        """One engine call for requests whose masks (at most max_masks of them) all fit in the workers at once."""
+        from vllm.inputs import TokensPrompt
+
+        self._register_masks({r.config.mask_key: r.config for r in requests if r.config.masks})
+        prompts, params, loras = [], [], []
+        for r in requests:
+            prompt = TokensPrompt(prompt_token_ids=self.tokenizer(r.prompt).input_ids)
+            if r.config.masks:  # KV computed under one mask must not be reused from the prefix cache by another
+                prompt["cache_salt"] = r.config.mask_key
+            prompts.append(prompt)
+            params.append(self._sampling(r.decoding, self._mask_slots[r.config.mask_key] if r.config.masks else 0))
+            loras.append(self._lora_request(r.config))
+        outs = self.llm.generate(prompts, params, lora_request=loras, use_tqdm=False)
         return [self.tokenizer.decode(o.outputs[0].token_ids, skip_special_tokens=True) for o in outs]
 
     def mask_stats(self) -> dict[str, object]:

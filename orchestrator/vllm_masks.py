@@ -9,6 +9,7 @@ in it, computed with compact matrices (the kept rows of gate/up and columns of d
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -44,12 +45,18 @@ class BatchMasks:
 
 
 class MaskTable:
-    """Mask rows per layer and slot on one worker; `shard` selects this tensor-parallel rank's neurons."""
+    """Mask rows per layer and slot on one worker; `shard` selects this tensor-parallel rank's neurons.
+
+    A removed mask's slot is reused by the next one added. Compact matrices are kept for at most
+    `compact_cache_masks` masks (the least recently run ones are dropped): each holds a fraction of the FFN
+    weights, which for a real model is gigabytes."""
 
     def __init__(self, num_layers: int, intermediate_size: int, *, dtype, device, shard: slice | None = None,
-                 compact: bool = True) -> None:
+                 compact: bool = True, compact_cache_masks: int = 8) -> None:
         import torch
 
+        if compact_cache_masks < 1:
+            raise ValueError(f"compact_cache_masks must be at least 1, got {compact_cache_masks}")
         self.num_layers, self.intermediate_size = num_layers, intermediate_size
         self.shard = shard or slice(0, intermediate_size)
         self.dtype, self.device, self.compact = dtype, device, compact
@@ -58,6 +65,9 @@ class MaskTable:
         self.slots: dict[str, int] = {}
         self._kept: list = [None]  # per slot (slot 0: none): long indices of kept local neurons per layer
         self._compact_cache: dict[tuple[int, int], tuple] = {}
+        self._compact_order: OrderedDict[int, None] = OrderedDict()  # slots with compact matrices, oldest first
+        self.compact_cache_masks = compact_cache_masks
+        self._free: list[int] = []  # slots of removed masks
         self.batch = BatchMasks(uniform=0)
         self.passes = {"none": 0, "uniform": 0, "compact": 0, "mixed": 0}  # forward passes by how masks ran
 
@@ -71,13 +81,41 @@ class MaskTable:
             raise ValueError(f"mask {key!r} has shape {list(dense.shape)}, expected "
                              f"[{self.num_layers}, {self.intermediate_size}] (layers x FFN neurons)")
         local = dense[:, self.shard]
-        for layer in range(self.num_layers):
-            row = local[layer].to(device=self.device, dtype=self.dtype).unsqueeze(0)
-            self.rows[layer] = torch.cat([self.rows[layer], row])
-        self._kept.append([local[layer].nonzero().flatten().to(self.device) for layer in range(self.num_layers)])
-        slot = len(self.slots) + 1
+        kept = [local[layer].nonzero().flatten().to(self.device) for layer in range(self.num_layers)]
+        if self._free:
+            slot = self._free.pop()
+            for layer in range(self.num_layers):
+                self.rows[layer][slot] = local[layer].to(device=self.device, dtype=self.dtype)
+            self._kept[slot] = kept
+        else:
+            slot = len(self._kept)
+            for layer in range(self.num_layers):
+                row = local[layer].to(device=self.device, dtype=self.dtype).unsqueeze(0)
+                self.rows[layer] = torch.cat([self.rows[layer], row])
+            self._kept.append(kept)
         self.slots[key] = slot
         return slot
+
+    def remove(self, key: str) -> bool:
+        """Forget the mask `key` and its compact matrices; its slot goes to the next mask added. False if unknown."""
+        slot = self.slots.pop(key, None)
+        if slot is None:
+            return False
+        self._drop_compact(slot)
+        self._kept[slot] = None
+        for layer in range(self.num_layers):
+            self.rows[layer][slot] = 1
+        self._free.append(slot)
+        return True
+
+    def compact_slots(self) -> list[int]:
+        """The slots whose compact matrices are kept, least recently run first."""
+        return list(self._compact_order)
+
+    def _drop_compact(self, slot: int) -> None:
+        self._compact_order.pop(slot, None)
+        for layer in range(self.num_layers):
+            self._compact_cache.pop((layer, slot), None)
 
     def set_batch(self, request_slots: Sequence[int], tokens_per_request: Sequence[int], any_lora: bool) -> None:
         """The slots of this step's requests, in batch order, and how many tokens each has in the batch."""
@@ -129,6 +167,12 @@ class MaskTable:
         import torch
 
         key = (layer, slot)
+        if slot in self._compact_order:
+            self._compact_order.move_to_end(slot)
+        else:
+            while len(self._compact_order) >= self.compact_cache_masks:
+                self._drop_compact(next(iter(self._compact_order)))
+            self._compact_order[slot] = None
         if key not in self._compact_cache:
             idx = self._kept[slot][layer]  # [K]
             with torch.no_grad():

@@ -11,7 +11,7 @@ token -> mask mapping next to it from the same batch order.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from orchestrator.vllm_lora_ops import CPU_LORA_OPS, StepSelections
 
 __all__ = ["BrickworkWorkerExtension", "MASK_ARG"]
 
@@ -86,118 +86,12 @@ def _masked_mlp(mlp, layer: int, table, weights: _FfnWeights, tp_size: int):
     return forward
 
 
-class _StepGroupings:
-    """Token groupings computed once per forward pass: every LoRA op of a pass gets the same token -> slot mapping
-    (or, for the logits, request -> slot, which has another length unless every request has one token, when
-    the two are equal), so the mapping is keyed by its length. Cleared before and after every pass; off
-    unless a worker installed the patches (direct calls, as in tests, always compute)."""
-
-    enabled = False
-    by_length: dict[int, list] = {}
-
-    @classmethod
-    def clear(cls) -> None:
-        cls.by_length = {}
-
-
-@dataclass(frozen=True)
-class _Grouping:
-    """The tokens that run an adapter, ordered by slot: `rows` (a slice when it is one run), and for each slot
-    the span [start, end) of those rows."""
-
-    rows: object  # slice | long tensor [K]
-    spans: tuple[tuple[int, int, int], ...]  # (slot, start, end)
-
-
-_NONE = _Grouping(rows=slice(0, 0), spans=())
-
-
-def _grouping(indices, n: int) -> _Grouping:
-    """The grouping of the first n tokens; tokens without an adapter (-1) are left out."""
-    if not _StepGroupings.enabled:
-        return _compute_grouping(indices, n)
-    cached = _StepGroupings.by_length.get(n)
-    if cached is None:
-        cached = _StepGroupings.by_length[n] = _compute_grouping(indices, n)
-    return cached
-
-
-def _compute_grouping(indices, n: int) -> _Grouping:
-    import torch
-
-    if n == 0:
-        return _NONE
-    idx = indices[:n]
-    lo, hi = int(idx.min()), int(idx.max())
-    if lo == hi:  # one adapter (or none) for the whole batch: no gather
-        return _NONE if lo < 0 else _Grouping(rows=slice(0, n), spans=((lo, 0, n),))
-    with_adapter = (idx >= 0).nonzero().flatten()
-    slots = idx[with_adapter]
-    order = torch.argsort(slots, stable=True)
-    unique, counts = torch.unique_consecutive(slots[order], return_counts=True)
-    spans, start = [], 0
-    for slot, count in zip(unique.tolist(), counts.tolist()):
-        spans.append((slot, start, start + count))
-        start += count
-    return _Grouping(rows=with_adapter[order], spans=tuple(spans))
-
-
-def _lora_matmul(x, weights, g: _Grouping):
-    """[K, out]: each grouped token's row of x times its slot's matrix, one matmul per slot on contiguous rows."""
-    import torch
-
-    w = weights.squeeze(1) if weights.dim() == 4 else weights  # [slots, out, in]
-    xs = x[g.rows]  # [K, in], ordered by slot
-    parts = [xs[a:b] @ w[slot].to(x.dtype).t() for slot, a, b in g.spans]
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-
-def bgmv_shrink(inputs, weights, output, indices, scaling: float = 1.0):
-    """output[t, :r] = scaling * inputs[t] @ A[slot(t)].T; tokens without an adapter are left alone."""
-    g = _grouping(indices, min(inputs.shape[0], output.shape[0]))
-    if g.spans:
-        y = _lora_matmul(inputs.to(output.dtype), weights, g)  # [K, r]
-        output[g.rows, : y.shape[1]] = scaling * y
-
-
-def bgmv_expand(inputs, weights, output, indices, add_inputs: bool = True):
-    """output[t, :out] (+)= inputs[t] @ B[slot(t)].T; tokens without an adapter are left alone."""
-    g = _grouping(indices, min(inputs.shape[0], output.shape[0]))
-    if g.spans:
-        y = _lora_matmul(inputs.to(output.dtype), weights, g)  # [K, out]
-        c = min(y.shape[1], output.shape[1])  # adapter and model may pad differently
-        if add_inputs:
-            output[g.rows, :c] += y[:, :c]
-        else:
-            output[g.rows, :c] = y[:, :c]
-
-
-def bgmv_expand_slice(inputs, weights, output, indices, slice_offset: int, slice_size: int, add_inputs: bool = True):
-    """output[t, offset:offset + size] (+)= inputs[t] @ B[slot(t)].T; tokens without an adapter are left alone."""
-    g = _grouping(indices, min(inputs.shape[0], output.shape[0]))
-    if g.spans:
-        y = _lora_matmul(inputs.to(output.dtype), weights, g)
-        if add_inputs:
-            output[g.rows, slice_offset : slice_offset + slice_size] += y
-        else:
-            output[g.rows, slice_offset : slice_offset + slice_size] = y
-
-
-_GROUPED_OPS = {"bgmv_shrink": bgmv_shrink, "bgmv_expand": bgmv_expand, "bgmv_expand_slice": bgmv_expand_slice}
-
-
 def _fix_cpu_lora_ops() -> None:
-    """Replace vLLM's PyTorch punica ops (its CPU LoRA path) with grouped ones.
-
-    vLLM's ops gather a copy of the adapter matrices for every token (`weights[indices]`), which is slow, and
-    index slot -1 as the last slot, so tokens of requests without a LoRA get whichever adapter sits there when
-    a batch mixes them with LoRA requests. The ops above run one matmul per adapter in the batch and leave
-    tokens without an adapter alone, as vLLM's GPU kernels do.
-    """
+    """Replace vLLM's PyTorch punica ops (its CPU LoRA path) with `orchestrator.vllm_lora_ops`."""
     import vllm.lora.ops.torch_ops.lora_ops as ops
     import vllm.lora.punica_wrapper.punica_cpu as cpu
 
-    for name, op in _GROUPED_OPS.items():
+    for name, op in CPU_LORA_OPS.items():
         setattr(ops, name, op)  # the sgmv_* ops call these through the module
         if hasattr(cpu, name):
             setattr(cpu, name, op)
@@ -236,12 +130,12 @@ def _map_tokens_to_masks(runner, model, table) -> None:
             slots.append(int(extra.get(MASK_ARG, 0)))
         any_lora = bool(np.any(input_batch.request_lora_mapping[:n] > 0))
         table.set_batch(slots, [int(t) for t in num_scheduled_tokens[:n]], any_lora)
-        _StepGroupings.clear()
+        StepSelections.clear()
         return set_active_loras(input_batch, num_scheduled_tokens, *args, **kwargs)
 
     def after_pass(*_):  # dummy and warm-up passes (no set_active_loras before them) run unmasked
         table.clear()
-        _StepGroupings.clear()
+        StepSelections.clear()
 
     runner.set_active_loras = set_active_loras_and_masks
     model.register_forward_hook(after_pass)
@@ -251,7 +145,7 @@ class BrickworkWorkerExtension:
     """Methods vLLM mixes into its worker class (prefixed, so that they cannot clash with vLLM's own)."""
 
     def brickwork_install(self, num_layers: int, intermediate_size: int, compact: bool = True,
-                          model_dir: str | None = None) -> int:
+                          model_dir: str | None = None, compact_cache_masks: int = 8) -> int:
         """Patch every decoder layer's MLP and the runner's batch preparation; returns the layers patched."""
         from vllm.platforms import current_platform
 
@@ -263,7 +157,7 @@ class BrickworkWorkerExtension:
         model = runner.get_model()
         if current_platform.is_cpu():
             _fix_cpu_lora_ops()
-            _StepGroupings.enabled = True
+            StepSelections.enabled = True
         mlps = _decoder_mlps(model, num_layers)
         down = mlps[0].down_proj
         local = getattr(down, "input_size_per_partition", intermediate_size)  # this rank's share of the neurons
@@ -274,7 +168,7 @@ class BrickworkWorkerExtension:
                     and _weight(mlp.down_proj).is_floating_point() for mlp in mlps.values())
         weight = _weight(down)
         table = MaskTable(num_layers, intermediate_size, dtype=weight.dtype, device=weight.device, shard=shard,
-                          compact=compact and plain)
+                          compact=compact and plain, compact_cache_masks=compact_cache_masks)
         weights = _FfnWeights(mlps, model_dir, shard)
         for layer, mlp in mlps.items():
             def pre(module, args, layer=layer):
@@ -292,7 +186,13 @@ class BrickworkWorkerExtension:
 
         return self._brickwork_table.add(key, unpack_mask(packed, num_layers, intermediate_size))
 
+    def brickwork_remove_mask(self, key: str) -> bool:
+        """Forget the mask `key` (its slot is reused); False if it was not registered."""
+        return self._brickwork_table.remove(key)
+
     def brickwork_masks(self) -> dict[str, object]:
-        """The registered mask keys and their slots, and how many forward passes ran each way."""
+        """The registered mask keys and their slots, how many forward passes ran each way, the slots that hold
+        compact matrices, and how brickwork's CPU LoRA ops ran (per run or stacked; None where vLLM's own run)."""
         table = self._brickwork_table
-        return {"slots": dict(table.slots), "passes": dict(table.passes)}
+        return {"slots": dict(table.slots), "passes": dict(table.passes), "compact_slots": table.compact_slots(),
+                "lora_ways": dict(StepSelections.ways) if StepSelections.enabled else None}

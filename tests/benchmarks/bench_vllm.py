@@ -11,6 +11,11 @@ One run, one machine, on the toy world (float32), 512 requests of test inputs:
 - masks: 512 base-skill requests over 4 masks (random, 50 % of the neurons; timing only), either one call
   per mask (the batch shares one mask: compact FFN in the workers) or one call with all of them mixed
   (per-token masks), and the same requests without a mask.
+- no-LoRA: the mixed requests' prompts with no brick, the engine's speed without LoRA;
+- ceiling: the fastest this machine could possibly serve the mixed requests, from the FLOPs of their tokens
+  through the base model (a lower bound: LoRA, attention over the context and sampling left out) and this
+  machine's best measured GEMM rate at the model's own shapes on every core; it tells whether a ratio against
+  the transformers executor is reachable here at all.
 Each vLLM figure is the best of --repeats timed calls, taken in turns after a warm-up call of each; outputs are
 checked to be identical between the two ways of running the same requests. Ratios are throughputs (requests per second), and
 for mixed against one brick also generated tokens per second, since the eight skills write answers of other
@@ -93,6 +98,31 @@ def _requests(n: int):
     return one, mixed, golds, masked
 
 
+def _flops_per_token(cfg) -> int:
+    """2 x the multiply-adds of one token through the decoder's linear layers and the LM head."""
+    h, heads = cfg.hidden_size, cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or h // heads
+    kv = getattr(cfg, "num_key_value_heads", heads)
+    attn = h * (heads + 2 * kv) * head_dim + heads * head_dim * h
+    mlp = 3 * h * cfg.intermediate_size
+    return 2 * (cfg.num_hidden_layers * (attn + mlp) + h * cfg.vocab_size)
+
+
+def _gemm_peak_flops(cfg, rows: int = 4096, repeats: int = 10) -> float:
+    """The best FLOP rate of the model's widest matmul ([rows, hidden] @ [hidden, 2 x intermediate]) on all
+    cores."""
+    import torch
+
+    x, w = torch.randn(rows, cfg.hidden_size), torch.randn(cfg.hidden_size, 2 * cfg.intermediate_size)
+    x @ w
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        x @ w
+        best = min(best, time.perf_counter() - t)
+    return 2 * rows * cfg.hidden_size * 2 * cfg.intermediate_size / best
+
+
 def _race(calls: dict, repeats: int) -> tuple[dict, dict]:
     """Best wall time and last outputs of each call; after a warm-up of each (adapters and masks loaded, merges and
     compact matrices built), the calls take turns, so that a slow spell of the machine hits them all alike."""
@@ -117,6 +147,8 @@ def main() -> None:
 
     from dataclasses import replace
 
+    from transformers import AutoConfig
+
     from bricks.toyworld.paths import world_model_dir
     from orchestrator.plan import BrickConfig
     from orchestrator.vllm_executor import VllmExecutor
@@ -133,9 +165,11 @@ def main() -> None:
         for r in masked:
             groups.setdefault(r.config.key, []).append(r)
         plain = [replace(r, config=BrickConfig()) for r in masked]
+        no_lora = [replace(r, config=BrickConfig()) for r in mixed]
         t, out = _race({"one": lambda: ve.generate(one), "mixed": lambda: ve.generate(mixed),
                         "grouped": lambda: [o for g in groups.values() for o in ve.generate(g)],
-                        "per_token": lambda: ve.generate(masked), "plain": lambda: ve.generate(plain)}, args.repeats)
+                        "per_token": lambda: ve.generate(masked), "plain": lambda: ve.generate(plain),
+                        "no_lora": lambda: ve.generate(no_lora)}, args.repeats)
         t_mixed, out_mixed = t["mixed"], out["mixed"]
 
         def tokens(outs):  # generated tokens, EOS included: the two workloads write answers of other lengths
@@ -147,6 +181,11 @@ def main() -> None:
         res["vllm_mixed8_tokens_per_s"] = tokens(out_mixed) / t_mixed
         res["mixed8_vs_one_brick"] = t["one"] / t_mixed
         res["mixed8_vs_one_brick_tokens"] = res["vllm_mixed8_tokens_per_s"] / res["vllm_one_brick_tokens_per_s"]
+        res["vllm_no_lora_rps"] = n / t["no_lora"]
+        res["vllm_mixed8_vs_no_lora"] = t["no_lora"] / t_mixed
+        cfg = AutoConfig.from_pretrained(str(world_model_dir()))
+        tokens_per_request = (sum(len(ve.tokenizer(r.prompt).input_ids) for r in mixed) + tokens(out_mixed)) / n
+        res["flops_per_request"] = tokens_per_request * _flops_per_token(cfg)
         res["vllm_mixed8_exact_match"] = sum(o.strip() == g for o, g in zip(out_mixed, golds)) / n
         res["masks_grouped_rps"] = len(masked) / t["grouped"]
         res["masks_mixed_per_token_rps"] = len(masked) / t["per_token"]
@@ -157,6 +196,9 @@ def main() -> None:
         res["worker_passes"] = ve.mask_stats()["passes"]
     finally:
         ve.close()
+    res["gemm_peak_gflops"] = _gemm_peak_flops(cfg) / 1e9  # with the engine shut down: its processes poll
+    res["ceiling_rps"] = res["gemm_peak_gflops"] * 1e9 / res["flops_per_request"]
+    res["vllm_no_lora_fraction_of_ceiling"] = res["vllm_no_lora_rps"] / res["ceiling_rps"]
 
     if not args.skip_transformers:
         from orchestrator.transformers_executor import TransformersExecutor
@@ -168,6 +210,7 @@ def main() -> None:
         t_tf = time.perf_counter() - t
         res["transformers_mixed8_rps"] = n / t_tf
         res["vllm_mixed8_vs_transformers"] = t_tf / t_mixed
+        res["ceiling_vs_transformers"] = res["ceiling_rps"] / res["transformers_mixed8_rps"]
         res["transformers_same_outputs"] = out_tf == out_mixed
         te.close()
     print(json.dumps(res, indent=2))

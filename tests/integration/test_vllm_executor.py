@@ -83,3 +83,38 @@ def test_orchestrator_runs_plans_on_vllm_as_on_transformers(vllm_executor, trans
     on_tf = Orchestrator(planner, transformers_executor).run_batch(tasks)
     assert [r.output for r in on_vllm] == [r.output for r in on_tf] == ["TENALP", "nnppppoo", "42"]
     assert [s.config.key for s in on_vllm[1].plan.steps] == ["caesar@1", "double@2"]
+
+
+def test_more_masks_than_max_masks_run_in_parts_and_old_masks_are_removed(vllm_executor, reference_executor):
+    """With room for 2 masks in the workers, a call with 4 distinct masks runs in 2 parts; afterwards only the
+    last part's masks stay registered, and outputs equal the reference's (each request alone)."""
+    masks = [BrickConfig(bricks=(BrickRef(id=m, version=1, kind="ffn_mask"),), mask_mode=mode)
+             for m, mode in (("keep80", "keep"), ("keep10", "ablate"), ("keep50", "keep"), ("keep80", "ablate"))]
+    reqs = [GenerationRequest(DEFAULT_TEMPLATE.render("Reverse the text.", w), c, D)
+            for w in ("planet", "moon") for c in masks] + [BASE]
+    want = [reference_executor.generate([r])[0] for r in reqs]
+    saved = vllm_executor.max_masks
+    vllm_executor.max_masks = 2
+    try:
+        assert vllm_executor.generate(reqs) == want
+        registered = vllm_executor.mask_stats()["slots"]
+        assert sorted(registered) == sorted(c.mask_key for c in masks[2:])
+        assert len(set(registered.values())) == 2
+        assert vllm_executor.generate(reqs[:2]) == want[:2]  # masks evicted before are registered again
+    finally:
+        vllm_executor.max_masks = saved
+
+
+def test_interleaved_adapters_take_both_ways_of_the_cpu_lora_ops(vllm_executor, reference_executor):
+    """Requests of two adapters and none, alternating: prefill passes hold long runs (one addmm_ per run), decode
+    passes one token per request (the stacked matmul); outputs equal the reference's either way."""
+    words = ["planet", "moon", "brick", "garden", "stone", "river", "cloud"]
+    configs = [("Apply a Caesar shift of one.", (_lora("caesar"),)), ("Write every letter twice.", (_lora("double", 2),)),
+               ("Reverse the text.", ())]
+    reqs = [_req(instr, w, *bricks) for w in words * 2 for instr, bricks in configs]
+    want = [reference_executor.generate([r])[0] for r in reqs]
+    before = vllm_executor.mask_stats()["lora_ways"]
+    assert vllm_executor.generate(reqs) == want
+    after = vllm_executor.mask_stats()["lora_ways"]
+    if after is not None:  # CPU: the ops are brickwork's
+        assert after["runs"] > before["runs"] and after["stacked"] > before["stacked"]

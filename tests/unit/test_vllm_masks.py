@@ -103,34 +103,6 @@ def test_lora_ids_are_stable_and_ranks_round_up():
     assert LORA_RANKS[-1] == 512
 
 
-def test_grouped_cpu_lora_ops_match_per_token_math_and_skip_tokens_without_an_adapter():
-    """vLLM's torch punica ops index slot -1 (the last adapter) for tokens without a LoRA; ours skip them."""
-    from orchestrator.vllm_worker import bgmv_expand, bgmv_expand_slice, bgmv_shrink
-
-    torch.manual_seed(0)
-    a, b = torch.randn(3, 1, 4, 6), torch.randn(3, 1, 10, 4)  # [slots, 1, r, H], [slots, 1, out, r]
-    x = torch.randn(5, 6)
-    idx = torch.tensor([0, -1, 2, 0, 1])
-    shrunk = torch.zeros(5, 4)
-    bgmv_shrink(x, a, shrunk, idx, 0.5)
-    for t, s in enumerate(idx.tolist()):
-        want = torch.zeros(4) if s < 0 else 0.5 * a[s, 0] @ x[t]
-        assert torch.allclose(shrunk[t], want, atol=1e-6)
-    out = torch.ones(5, 12)
-    bgmv_expand(shrunk, b, out, idx, add_inputs=True)
-    for t, s in enumerate(idx.tolist()):
-        want = torch.ones(12)
-        if s >= 0:
-            want[:10] += b[s, 0] @ shrunk[t]
-        assert torch.allclose(out[t], want, atol=1e-5)
-    sliced = torch.zeros(5, 30)
-    bgmv_expand_slice(shrunk, b, sliced, idx, 10, 10, add_inputs=False)
-    assert torch.equal(sliced[1], torch.zeros(30)) and torch.equal(sliced[:, :10], torch.zeros(5, 10))
-    assert torch.allclose(sliced[2, 10:20], b[2, 0] @ shrunk[2], atol=1e-5)
-    vllm_way = torch.einsum("bi,boi->bo", x, a.squeeze(1)[idx])  # what vLLM's op computes
-    assert not torch.allclose(vllm_way[1], torch.zeros(4))  # slot -1 picks the last adapter there
-
-
 def test_missing_vllm_is_one_error_naming_the_extras(monkeypatch, tmp_path):
     import sys
 
@@ -142,14 +114,35 @@ def test_missing_vllm_is_one_error_naming_the_extras(monkeypatch, tmp_path):
         VllmExecutor(tmp_path, library=None)
 
 
-def test_grouped_lora_ops_on_a_batch_of_one_adapter_or_none():
-    from orchestrator.vllm_worker import bgmv_shrink
+def test_removed_mask_slot_is_reused_and_compact_matrices_are_bounded():
+    table = MaskTable(2, 8, dtype=torch.float32, device="cpu", compact_cache_masks=2)
+    masks = {k: torch.rand(2, 8, generator=torch.Generator().manual_seed(i)) < 0.5 for i, k in enumerate("abc")}
+    slots = {k: table.add(k, m) for k, m in masks.items()}
+    assert slots == {"a": 1, "b": 2, "c": 3}
+    assert table.remove("b") and not table.remove("b")
+    assert table.rows[0][2].tolist() == [1.0] * 8  # a freed row keeps every neuron
+    assert table.add("d", masks["a"]) == 2 and table.rows[1][2].tolist() == masks["a"][1].float().tolist()
+    gate, up, down = torch.randn(8, 4), torch.randn(8, 4), torch.randn(4, 8)
+    for slot in (1, 2, 3, 1):
+        table.compact_weights(0, slot, lambda layer: (gate, up, down))
+    assert table.compact_slots() == [3, 1]  # slot 2 was least recently run
+    kept = masks["a"][0].nonzero().flatten()
+    assert torch.equal(table.compact_weights(0, 1, lambda layer: (gate, up, down))[1], down[:, kept])
+    table.remove("a")
+    assert table.compact_slots() == [3]
+    with pytest.raises(ValueError, match="compact_cache_masks must be at least 1, got 0"):
+        MaskTable(2, 8, dtype=torch.float32, device="cpu", compact_cache_masks=0)
 
-    a = torch.randn(2, 4, 6)
-    x = torch.randn(3, 6)
-    out = torch.zeros(3, 4)
-    bgmv_shrink(x, a, out, torch.tensor([1, 1, 1]), 1.0)
-    assert torch.allclose(out, x @ a[1].t(), atol=1e-6)
-    none = torch.zeros(3, 4)
-    bgmv_shrink(x, a, none, torch.tensor([-1, -1, -1]), 1.0)
-    assert torch.equal(none, torch.zeros(3, 4))
+
+def test_calls_with_more_masks_than_max_masks_are_split_by_mask():
+    from orchestrator.executor import GenerationRequest
+    from orchestrator.plan import BrickConfig, BrickRef, Decoding
+    from orchestrator.vllm_executor import _mask_parts
+
+    def req(mask):
+        bricks = (BrickRef(id=mask, version=1, kind="ffn_mask"),) if mask else ()
+        return GenerationRequest("x", BrickConfig(bricks=bricks), Decoding())
+
+    reqs = [req(m) for m in ("a", None, "b", "c", "a", "d", "e", None)]
+    assert _mask_parts(reqs, 8) == [list(range(8))]
+    assert _mask_parts(reqs, 2) == [[0, 1, 2, 4, 7], [3, 5], [6]]
