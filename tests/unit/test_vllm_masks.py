@@ -146,3 +146,15 @@ def test_calls_with_more_masks_than_max_masks_are_split_by_mask():
     reqs = [req(m) for m in ("a", None, "b", "c", "a", "d", "e", None)]
     assert _mask_parts(reqs, 8) == [list(range(8))]
     assert _mask_parts(reqs, 2) == [[0, 1, 2, 4, 7], [3, 5], [6]]
+
+
+def test_cpu_engine_env_explicit_wins_then_environment_then_defaults():
+    from orchestrator.vllm_executor import _default_cpu_kv_cache_gib, cpu_engine_env
+
+    default_kv = str(_default_cpu_kv_cache_gib())
+    assert cpu_engine_env({}, cores=2) == {"VLLM_CPU_KVCACHE_SPACE": default_kv, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    assert cpu_engine_env({}, cores=16) == {"VLLM_CPU_KVCACHE_SPACE": default_kv}  # vLLM reserves its core
+    user = {"VLLM_CPU_KVCACHE_SPACE": "3", "VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}
+    assert cpu_engine_env(user, cores=2) == {}
+    assert cpu_engine_env(user, cores=2, kv_cache_gib=5, reserved_cores=0) == {
+        "VLLM_CPU_KVCACHE_SPACE": "5", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
