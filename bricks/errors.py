@@ -1,11 +1,25 @@
-"""Errors of the brick layer: each message is one line naming the bad value and what was expected."""
+"""brickwork's errors: one root (`BrickworkError`) and a subclass per area.
+
+Every message is one line naming the bad value and what was expected. The root subclasses ValueError, so
+code that caught ValueError before keeps working; the CLI prints one line for any BrickworkError (exit 2),
+and the traceback with `--debug`.
+"""
 
 from __future__ import annotations
 
-__all__ = ["BrickError", "ManifestError", "IncompatibleBrickError", "UnsafeArtifactError", "LibraryError"]
+__all__ = ["BrickworkError", "BrickError", "ManifestError", "IncompatibleBrickError", "UnsafeArtifactError",
+           "LibraryError", "IntegrityError", "MissingExtraError"]
 
 
-class BrickError(ValueError):
+class BrickworkError(ValueError):
+    """Root of every error brickwork raises on purpose: bad input, a bad brick, a refused operation."""
+
+
+class MissingExtraError(BrickworkError, ImportError):
+    """An optional dependency is not installed; the message names the extra that provides it."""
+
+
+class BrickError(BrickworkError):
     """Base class: a brick or library that cannot be used as it is."""
 
 
@@ -18,7 +32,11 @@ class IncompatibleBrickError(BrickError):
 
 
 class UnsafeArtifactError(BrickError):
-    """A pickle artifact, or a path that escapes its brick folder."""
+    """A pickle artifact, a symlink, or a path that escapes its brick folder."""
+
+
+class IntegrityError(BrickError):
+    """A brick file whose bytes do not match its manifest's checksum, or that cannot be read."""
 
 
 class LibraryError(BrickError):

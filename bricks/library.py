@@ -144,14 +144,9 @@ def verify_brick_folder(folder: Path) -> Brick:
 
 def _check_kind(brick: Brick) -> None:
     """The kind's own artifact checks (files present, no pickles), without loading any tensor."""
-    if brick.kind == "lora":
-        from bricks.lora import LoraBrick
+    from bricks.kinds import load_brick
 
-        LoraBrick.from_dir(brick.path, brick.manifest)
-    else:
-        from bricks.ffn_mask import FfnMaskBrick
-
-        FfnMaskBrick.from_dir(brick.path, brick.manifest)
+    load_brick(brick.path, brick.manifest)
 
 
 class Library:

@@ -7,7 +7,6 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -78,7 +77,7 @@ class BrickManifest(BaseModel):
 
     id: str
     version: int = Field(ge=1)
-    kind: Literal["lora", "ffn_mask"]
+    kind: str
     description: str = Field(min_length=1)
     examples: list[str]
     base_model: BaseModelRef
@@ -87,6 +86,13 @@ class BrickManifest(BaseModel):
     created: str
     prompt_template: str | None = None
     skills: list[str] = Field(default_factory=list)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        from bricks.kinds import get_kind
+
+        return get_kind(v).name
 
     @field_validator("id")
     @classmethod

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bricks.errors import BrickworkError
+
 __all__ = ["ModelLoadError", "check_model_dir", "load_model", "load_tokenizer"]
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(BrickworkError):
     """A model folder is missing, incomplete, corrupt or holds pickle weights."""
 
 

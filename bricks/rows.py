@@ -6,10 +6,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from bricks.errors import BrickworkError
+
 __all__ = ["InstructionRow", "RowError", "read_rows"]
 
 
-class RowError(ValueError):
+class RowError(BrickworkError):
     """A JSONL file or one of its rows is not usable; the message names the file and line."""
 
 

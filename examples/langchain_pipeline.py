@@ -9,7 +9,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
 
-from orchestrator.langchain import ChatBrickwork
+from orchestrator.integrations.langchain import ChatBrickwork
 
 chat = ChatBrickwork()  # opens the Orchestrator on first use
 prompt = ChatPromptTemplate.from_messages([("human", "{instruction}\nInput: {text}")])

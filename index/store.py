@@ -10,6 +10,7 @@ from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 
 from bricks.atomic import atomic_write_text
+from bricks.errors import BrickworkError
 from index.brick_index import BrickDocument, BrickIndex
 
 __all__ = ["IndexLoadError", "StaleIndexError", "save", "load", "open_or_build", "INDEX_FORMAT"]
@@ -21,11 +22,11 @@ FAISS_FILE = "index.faiss"
 META_FILE = "index.json"
 
 
-class IndexLoadError(ValueError):
+class IndexLoadError(BrickworkError):
     """The index files are missing or corrupt."""
 
 
-class StaleIndexError(ValueError):
+class StaleIndexError(BrickworkError):
     """The index was built from another library state or with another embedder."""
 
 

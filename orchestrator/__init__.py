@@ -12,7 +12,7 @@ from orchestrator.result import Result, StepTrace
 
 if TYPE_CHECKING:
     from orchestrator.api import Orchestrator
-    from orchestrator.executor import Executor, GenerationRequest
+    from orchestrator.executors.base import Executor, GenerationRequest
 
 __all__ = ["BrickConfig", "BrickRef", "Decoding", "Executor", "GenerationRequest", "Orchestrator", "Plan",
            "PlanError", "Result", "Step", "StepTrace"]
@@ -24,7 +24,7 @@ def __getattr__(name: str):
 
         return Orchestrator
     if name in ("Executor", "GenerationRequest"):
-        from orchestrator import executor
+        from orchestrator.executors import base as executor
 
         return getattr(executor, name)
     raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bricks.errors import MissingExtraError
+
 __all__ = ["run_analysis"]
 
 
@@ -16,7 +18,8 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise ValueError("brickwork analyze draws its plots with matplotlib: pip install 'brickwork[analysis]'") from None
+        raise MissingExtraError(
+            "brickwork analyze draws its plots with matplotlib: pip install 'brickwork[analysis]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

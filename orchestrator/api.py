@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -11,53 +9,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from bricks.prompt import DEFAULT_TEMPLATE, PromptTemplate
-from orchestrator.executor import Executor, GenerationRequest, group_requests
+from orchestrator.executors.base import Executor, GenerationRequest, group_requests
+from orchestrator.library_index import library_stamp, open_index
 from orchestrator.plan import Decoding, Plan
 from orchestrator.planner import Planner
 from orchestrator.result import Result, StepTrace
 from policies import Composition
 
-__all__ = ["Orchestrator", "library_documents", "index_fingerprint", "make_decomposer"]
+__all__ = ["Orchestrator", "make_decomposer"]
 
 log = logging.getLogger(__name__)
-
-
-def library_documents(library) -> list:
-    """What the brick index holds: each brick's description and examples, and the base model's own skills."""
-    from index import BrickDocument
-    from policies import BASE_KEY
-
-    docs = [BrickDocument(key=b.key, texts=(b.manifest.description, *b.manifest.examples)) for b in library.list()]
-    if library.base_examples:
-        docs.append(BrickDocument(key=BASE_KEY, texts=tuple(library.base_examples)))
-    return docs
-
-
-def index_fingerprint(library) -> str:
-    """Changes whenever the bricks or the base model's listed skills change: a stale index is rebuilt."""
-    payload = json.dumps([library.fingerprint(), list(library.base_examples)])
-    return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
-
-
-def _open_index(library, embedder):
-    from index import BrickIndex, open_or_build
-
-    folder = Path(library.path) / "index"
-    fingerprint = index_fingerprint(library)
-    try:
-        index, rebuilt = open_or_build(folder, lambda: library_documents(library), embedder, fingerprint,
-                                       lock=getattr(library, "locked", None))
-        if rebuilt:
-            log.info("brick index rebuilt at %s", folder)
-        return index
-    except OSError as e:  # a read-only library (e.g. installed in site-packages): keep the index in memory
-        log.warning("cannot write the brick index beside the library (%s); using an in-memory index", e)
-        return BrickIndex.build(library_documents(library), embedder, source_fingerprint=fingerprint)
-
-
-def _library_stamp(library) -> object:
-    stamp = getattr(library, "stamp", None)
-    return stamp() if stamp else None
 
 
 def make_decomposer(spec, engine=None):
@@ -88,20 +49,6 @@ def _planner_model(folder: Path):
                                                         grammar.is_complete)
 
 
-def _exclude_misfits(planner: Planner, library, model_config) -> None:
-    """Bricks whose shapes or targets do not fit the loaded model are left out of routing, with a warning."""
-    from bricks.errors import BrickError
-    from bricks.lora import LoraBrick
-
-    for brick in library.list():
-        if brick.kind != "lora":
-            continue
-        try:
-            LoraBrick.from_dir(brick.path, brick.manifest).check_fits(model_config)
-        except BrickError as e:
-            planner.exclude(brick.key, str(e))
-
-
 class Orchestrator:
     """A base model plus a brick library, planned by a Planner and run by an Executor."""
 
@@ -112,7 +59,7 @@ class Orchestrator:
         self.template = template
         self.model_dir = model_dir
         self._reload_lock = threading.Lock()
-        self._library_stamp = _library_stamp(planner.library)
+        self._library_stamp = library_stamp(planner.library)
 
     @classmethod
     def from_pretrained(cls, model: str | Path | None = None, library: str | Path | None = None,
@@ -135,13 +82,13 @@ class Orchestrator:
             from index import SentenceTransformerEmbedder
 
             embedder = SentenceTransformerEmbedder()
-        index = _open_index(lib, embedder)
+        index = open_index(lib, embedder)
         if executor == "transformers":
-            from orchestrator.transformers_executor import TransformersExecutor
+            from orchestrator.executors.transformers import TransformersExecutor
 
             engine: Executor = TransformersExecutor(model_dir, lib, **executor_options)
         elif executor == "vllm":
-            from orchestrator.vllm_executor import VllmExecutor
+            from orchestrator.executors.vllm.executor import VllmExecutor
 
             engine = VllmExecutor(model_dir, lib, **executor_options)
         else:
@@ -152,7 +99,9 @@ class Orchestrator:
             routing = calibrated_routing(lib.path)
         planner = Planner(lib, index, routing=routing, decomposer=make_decomposer(decomposer, engine),
                           decoding=decoding, composition=composition or Composition())
-        _exclude_misfits(planner, lib, engine.model_config)
+        from orchestrator.lifecycle import exclude_misfits
+
+        exclude_misfits(planner, engine.model_config)
         return cls(planner, engine, template=template, model_dir=model_dir)
 
     # -- planning ---------------------------------------------------------------------------------------
@@ -282,7 +231,7 @@ class Orchestrator:
     reload_on_change: bool = True  # before planning, pick up bricks another process added, updated or removed
 
     def _follow_library(self) -> None:
-        if self.reload_on_change and _library_stamp(self.planner.library) != self._library_stamp:
+        if self.reload_on_change and library_stamp(self.planner.library) != self._library_stamp:
             self.reload()
 
     def reload(self):
@@ -295,7 +244,7 @@ class Orchestrator:
 
         with self._reload_lock:
             library = self.planner.library
-            self._library_stamp = _library_stamp(library)
+            self._library_stamp = library_stamp(library)
             other = getattr(self.executor, "library", library)
             for lib in (library,) if other is library else (library, other):
                 if hasattr(lib, "refresh"):

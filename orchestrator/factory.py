@@ -16,7 +16,7 @@ def open_library(library: Path | None = None):
 
 def open_planner(library: Path | None = None, *, embedder=None, routing=None, decomposer=None):
     """A Planner over a library and its (fresh or rebuilt) index; loads no model."""
-    from orchestrator.api import _open_index
+    from orchestrator.library_index import open_index
     from orchestrator.planner import Planner
 
     lib = open_library(library)
@@ -28,7 +28,7 @@ def open_planner(library: Path | None = None, *, embedder=None, routing=None, de
         from orchestrator.calibrate import calibrated_routing
 
         routing = calibrated_routing(lib.path)
-    return Planner(lib, _open_index(lib, embedder), routing=routing, decomposer=decomposer)
+    return Planner(lib, open_index(lib, embedder), routing=routing, decomposer=decomposer)
 
 
 def describe(model: Path | None = None, library: Path | None = None) -> dict[str, object]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from policies import BASE_KEY
 
-__all__ = ["LibraryChange", "follow_library", "sync_saved_index"]
+__all__ = ["LibraryChange", "exclude_misfits", "follow_library", "sync_saved_index"]
 
 log = logging.getLogger(__name__)
 
@@ -31,23 +31,22 @@ class LibraryChange:
         return bool(self.added or self.removed)
 
 
-def _misfit(brick, model_config) -> str | None:
-    """Why a brick cannot run on the loaded model, or None."""
-    from bricks.errors import BrickError
-    from bricks.ffn_mask import FfnMaskBrick
-    from bricks.lora import LoraBrick
+def exclude_misfits(planner, model_config, bricks=None) -> None:
+    """Leave out of routing, with a warning, every brick (of `bricks`, default: the library's) that does not
+    fit the loaded model: the same check at start-up and after every reload."""
+    from bricks.kinds import misfit
 
-    try:
-        kind = LoraBrick if brick.kind == "lora" else FfnMaskBrick
-        kind.from_dir(brick.path, brick.manifest).check_fits(model_config)
-    except BrickError as e:
-        return str(e)
-    return None
+    for brick in planner.library.list() if bricks is None else bricks:
+        if brick.key in planner.excluded:
+            continue
+        reason = misfit(brick.path, brick.manifest, model_config)
+        if reason:
+            planner.exclude(brick.key, reason)
 
 
 def follow_library(planner, *, model_config=None) -> LibraryChange:
     """Make the planner's index and routing match its library as it is now (call `library.refresh()` first)."""
-    from orchestrator.api import index_fingerprint, library_documents
+    from orchestrator.library_index import index_fingerprint, library_documents
 
     library = planner.library
     fingerprint = index_fingerprint(library)
@@ -56,11 +55,7 @@ def follow_library(planner, *, model_config=None) -> LibraryChange:
     before = set(planner.index.keys())
     docs = library_documents(library)
     if model_config is not None:  # keep misfits out of routing before they become searchable
-        for brick in library.list():
-            if brick.key not in before and brick.key not in planner.excluded:
-                reason = _misfit(brick, model_config)
-                if reason:
-                    planner.exclude(brick.key, reason)
+        exclude_misfits(planner, model_config, [b for b in library.list() if b.key not in before])
     index = planner.index.copy()
     added, removed = index.sync(docs, source_fingerprint=fingerprint)
     planner.index = index
@@ -75,7 +70,7 @@ def follow_library(planner, *, model_config=None) -> LibraryChange:
 def sync_saved_index(library, embedder) -> tuple[int, bool]:
     """Bring the index saved beside `library` up to date, under the library's lock; (vectors, changed)."""
     from index import open_or_build
-    from orchestrator.api import index_fingerprint, library_documents
+    from orchestrator.library_index import index_fingerprint, library_documents
 
     with library.locked():  # re-reads the library: the index matches it as it is now
         index, changed = open_or_build(Path(library.path) / "index", lambda: library_documents(library), embedder,

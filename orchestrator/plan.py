@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bricks.errors import BrickworkError
+from bricks.kinds import get_kind
 
 __all__ = ["BrickRef", "BrickConfig", "Decoding", "Step", "Plan", "PlanError", "MergeMethod", "MaskMerge",
            "MERGE_METHODS", "PLAN_FORMAT"]
@@ -20,7 +23,7 @@ MaskMerge = Literal["union", "intersection"]
 _NEEDS_DENSITY = ("ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd", "dare_ties_svd", "magnitude_prune")
 
 
-class PlanError(ValueError):
+class PlanError(BrickworkError):
     """A plan is malformed or refers to something that does not exist."""
 
 
@@ -33,13 +36,23 @@ class BrickRef(_Value):
 
     id: str
     version: int = Field(ge=1)
-    kind: Literal["lora", "ffn_mask"]
+    kind: str
     weight: float = 1.0
     score: float | None = None
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        return get_kind(v).name
 
     @property
     def key(self) -> str:
         return f"{self.id}@{self.version}"
+
+    @property
+    def role(self) -> str:
+        """How an executor applies this brick: "adapter" (LoRA weights) or "mask" (FFN neurons)."""
+        return get_kind(self.kind).role
 
 
 class BrickConfig(_Value):
@@ -53,7 +66,7 @@ class BrickConfig(_Value):
 
     @model_validator(mode="after")
     def _check(self) -> "BrickConfig":
-        loras = [b for b in self.bricks if b.kind == "lora"]
+        loras = self.loras
         if len(loras) > 1 and self.merge == "single":
             raise ValueError(f"{len(loras)} LoRA bricks need a merge method (one of {', '.join(MERGE_METHODS[1:])}),"
                              " not 'single'")
@@ -66,11 +79,11 @@ class BrickConfig(_Value):
 
     @property
     def loras(self) -> tuple[BrickRef, ...]:
-        return tuple(b for b in self.bricks if b.kind == "lora")
+        return tuple(b for b in self.bricks if b.role == "adapter")
 
     @property
     def masks(self) -> tuple[BrickRef, ...]:
-        return tuple(b for b in self.bricks if b.kind == "ffn_mask")
+        return tuple(b for b in self.bricks if b.role == "mask")
 
     @property
     def lora_key(self) -> str:

@@ -51,7 +51,7 @@ class Planner:
         for rb in route.bricks:  # routes only name usable bricks (see _usable)
             brick = self._bricks[rb.key]
             refs.append(BrickRef(id=brick.id, version=brick.version, kind=brick.kind, weight=rb.weight, score=rb.score))
-        loras = [r for r in refs if r.kind == "lora"]
+        loras = [r for r in refs if r.role == "adapter"]
         template = self._bricks[refs[0].key].manifest.prompt_template if len(refs) == 1 else None
         if len(loras) < 2:
             return BrickConfig(bricks=tuple(refs), mask_merge=self.composition.mask_merge), template

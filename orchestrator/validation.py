@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from bricks.errors import BrickworkError
+
 __all__ = ["InputError", "check_text", "MAX_INSTRUCTION_CHARS"]
 
 MAX_INSTRUCTION_CHARS = 8192
 
 
-class InputError(ValueError):
+class InputError(BrickworkError):
     """An instruction or input that brickwork will not run."""
 
 

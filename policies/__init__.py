@@ -1,7 +1,7 @@
 """Policies: how instructions are decomposed into steps and routed to bricks."""
 
 from policies.composition import Composition
-from policies.decompose import DecompositionError, Decomposer, RuleDecomposer, SingleStep, normalize_step
+from policies.decompose import Decomposer, DecompositionError, RuleDecomposer, SingleStep, normalize_step
 from policies.model_decompose import ModelDecomposer, StepListGrammar, parse_step_list
 from policies.routing import BASE_KEY, Route, RoutedBrick, RoutingPolicy, TopKWeighted, TopOne
 

@@ -6,10 +6,12 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
+from bricks.errors import BrickworkError
+
 __all__ = ["Decomposer", "SingleStep", "RuleDecomposer", "DecompositionError", "normalize_step"]
 
 
-class DecompositionError(ValueError):
+class DecompositionError(BrickworkError):
     """An instruction cannot be decomposed within the configured limits."""
 
 

@@ -93,7 +93,7 @@ def vllm_executor(conformance_library):
     """One vLLM engine for the whole session (it takes tens of seconds to start), float32 like the reference."""
     require_vllm()
     from bricks.toyworld.paths import world_model_dir
-    from orchestrator.vllm_executor import VllmExecutor
+    from orchestrator.executors.vllm.executor import VllmExecutor
 
     ex = VllmExecutor(world_model_dir(), conformance_library, dtype="float32", max_loras=2, max_lora_rank=32,
                       max_model_len=256, max_num_seqs=32, cpu_kv_cache_gib=1)
@@ -105,7 +105,7 @@ def vllm_executor(conformance_library):
 def transformers_executor(conformance_library):
     """The transformers executor over the same library, float32, as it runs by default (compact FFN, batches)."""
     from bricks.toyworld.paths import world_model_dir
-    from orchestrator.transformers_executor import TransformersExecutor
+    from orchestrator.executors.transformers import TransformersExecutor
 
     ex = TransformersExecutor(world_model_dir(), conformance_library, dtype="float32")
     yield ex
@@ -116,7 +116,7 @@ def transformers_executor(conformance_library):
 def reference_executor(conformance_library):
     """The reference outputs: transformers one request at a time, masks applied by zeroing (no compact FFN)."""
     from bricks.toyworld.paths import world_model_dir
-    from orchestrator.transformers_executor import TransformersExecutor
+    from orchestrator.executors.transformers import TransformersExecutor
 
     ex = TransformersExecutor(world_model_dir(), conformance_library, dtype="float32", batch_size=1, compact=False)
     yield ex

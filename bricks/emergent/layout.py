@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bricks.errors import BrickworkError
+
 __all__ = ["FfnLayout", "FfnLayoutError", "ffn_layout"]
 
 _EXPECTED = "model.layers[i].mlp with gate_proj, up_proj, down_proj (nn.Linear) and act_fn"
 
 
-class FfnLayoutError(ValueError):
+class FfnLayoutError(BrickworkError):
     """The model's FFN is not laid out the way emergent bricks need."""
 
 

@@ -72,9 +72,9 @@ class NeuronProfile:
         return ((mean_in - mean_out) / pooled).float()
 
     def save(self, path: Path) -> None:
-        from safetensors.torch import save_file
-
         import json
+
+        from safetensors.torch import save_file
 
         tensors = {"count": self.count, "sum_abs": self.sum_abs, "sum_sq": self.sum_sq,
                    "sum_active": self.sum_active, "tokens_active": self.tokens_active}

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import random
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace

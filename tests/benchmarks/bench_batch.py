@@ -3,7 +3,7 @@
     python tests/benchmarks/bench_batch.py [--rows 10000] [--loop-rows 300] [--chunk-size 1024] [--executor vllm]
 
 Builds N toy world rows (single and compound tasks of every split, in a fixed shuffled order, ids made
-unique), runs them as a batch job (`orchestrator.batch.run_local`, the engine of `brickwork batch`) into a
+unique), runs them as a batch job (`orchestrator.integrations.batch.run_local`, the engine of `brickwork batch`) into a
 fresh output file, then times `orc.run` in a loop on the first `--loop-rows` of the same rows (the loop's rate
 is steady, so a sample measures it; `--loop-rows 0` loops over all N). Both use the same loaded Orchestrator,
 in one process, one after the other. Prints rows/s of each, the ratio, and whether the loop's outputs equal
@@ -39,7 +39,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from orchestrator.api import Orchestrator
-    from orchestrator.batch import BatchJob, run_local
+    from orchestrator.integrations.batch import BatchJob, run_local
 
     rows = _rows(args.rows)
     with tempfile.TemporaryDirectory() as tmp, Orchestrator.from_pretrained(executor=args.executor) as orc:

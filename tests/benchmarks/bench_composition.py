@@ -30,7 +30,7 @@ def _rows(skill: str, n: int) -> list[dict]:
 
 def _exact(executor, config, rows) -> float:
     from bricks.prompt import DEFAULT_TEMPLATE
-    from orchestrator.executor import GenerationRequest
+    from orchestrator.executors.base import GenerationRequest
     from orchestrator.plan import Decoding
 
     reqs = [GenerationRequest(DEFAULT_TEMPLATE.render(r["instruction"], r["input"]), config, Decoding(max_new_tokens=40))
@@ -42,8 +42,8 @@ def _exact(executor, config, rows) -> float:
 def merging(pair: tuple[str, str], n: int, weight: float) -> list[dict]:
     from bricks.library import Library
     from bricks.toyworld.paths import world_library_dir, world_model_dir
+    from orchestrator.executors.transformers import TransformersExecutor
     from orchestrator.plan import BrickConfig, BrickRef
-    from orchestrator.transformers_executor import TransformersExecutor
 
     lib = Library.open(world_library_dir())
     ex = TransformersExecutor(world_model_dir(), lib)

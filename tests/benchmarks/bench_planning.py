@@ -94,8 +94,8 @@ from bricks.toyworld.paths import world_model_dir, world_library_dir
 model = load_model(world_model_dir()); tok = load_tokenizer(world_model_dir())
 t2 = time.perf_counter()
 from index import SentenceTransformerEmbedder
-from orchestrator.api import _open_index
-lib = Library.open(world_library_dir()); idx = _open_index(lib, SentenceTransformerEmbedder()); idx.search("Reverse the text.")
+from orchestrator.library_index import open_index
+lib = Library.open(world_library_dir()); idx = open_index(lib, SentenceTransformerEmbedder()); idx.search("Reverse the text.")
 t3 = time.perf_counter()
 print(json.dumps({"imports_s": t1 - t0, "model_load_s": t2 - t1, "index_load_s": t3 - t2}))
 """

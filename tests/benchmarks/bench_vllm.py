@@ -76,7 +76,7 @@ def _library(root: Path, mask_seed: int = 0):
 
 def _requests(n: int):
     from bricks.prompt import DEFAULT_TEMPLATE
-    from orchestrator.executor import GenerationRequest
+    from orchestrator.executors.base import GenerationRequest
     from orchestrator.plan import BrickConfig, BrickRef, Decoding
 
     d = Decoding(max_new_tokens=24)
@@ -151,8 +151,8 @@ def main() -> None:
     from transformers import AutoConfig
 
     from bricks.toyworld.paths import world_model_dir
+    from orchestrator.executors.vllm.executor import VllmExecutor
     from orchestrator.plan import BrickConfig
-    from orchestrator.vllm_executor import VllmExecutor
 
     root = Path(tempfile.mkdtemp(prefix="bench-vllm-"))
     lib = _library(root)
@@ -202,7 +202,7 @@ def main() -> None:
     res["vllm_no_lora_fraction_of_ceiling"] = res["vllm_no_lora_rps"] / res["ceiling_rps"]
 
     if not args.skip_transformers:
-        from orchestrator.transformers_executor import TransformersExecutor
+        from orchestrator.executors.transformers import TransformersExecutor
 
         te = TransformersExecutor(world_model_dir(), lib, dtype="float32")
         te.generate(mixed[:: len(mixed) // 8])  # warm-up: every adapter loaded once

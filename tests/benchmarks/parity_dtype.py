@@ -27,8 +27,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from bricks.toyworld.paths import world_model_dir
-    from orchestrator.transformers_executor import TransformersExecutor
-    from orchestrator.vllm_executor import VllmExecutor
+    from orchestrator.executors.transformers import TransformersExecutor
+    from orchestrator.executors.vllm.executor import VllmExecutor
 
     root = Path(tempfile.mkdtemp(prefix="parity-dtype-"))
     lib = bench_vllm._library(root)

@@ -6,13 +6,13 @@ import sys
 import pytest
 
 from bricks.toyworld.paths import world_data_dir
-from orchestrator.batch import BatchError, BatchJob, run_local
+from orchestrator.integrations.batch import BatchError, BatchJob, run_local
 
 pytestmark = pytest.mark.slow
 
 
 def test_missing_ray_names_the_extra(monkeypatch):
-    from orchestrator.batch_ray import import_ray
+    from orchestrator.integrations.ray import import_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(BatchError, match=r"pip install 'brickwork\[ray\]'"):
@@ -48,7 +48,7 @@ def _rows(path):
 def test_ray_and_local_engines_write_identical_rows(tmp_path):
     pytest.importorskip("ray")
     pytest.importorskip("ray.data")
-    from orchestrator.batch_ray import run_ray
+    from orchestrator.integrations.ray import run_ray
 
     inp = _input(tmp_path)
     local = _local(inp, tmp_path / "local.jsonl")
@@ -62,7 +62,7 @@ def test_a_ray_worker_runs_the_vllm_executor(tmp_path, vllm_available):
     """One Ray actor holding a vLLM engine writes the rows the local transformers engine writes (float32)."""
     pytest.importorskip("ray")
     pytest.importorskip("ray.data")
-    from orchestrator.batch_ray import run_ray
+    from orchestrator.integrations.ray import run_ray
 
     inp = _input(tmp_path)
     local = _local(inp, tmp_path / "local.jsonl")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bricks.toyworld.paths import world_data_dir
-from orchestrator.batch import BatchJob, run_local
+from orchestrator.integrations.batch import BatchJob, run_local
 
 pytestmark = pytest.mark.slow
 CHUNK = 8

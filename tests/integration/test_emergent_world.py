@@ -13,7 +13,6 @@ def world(quick_world, tmp_path_factory):
     out, _ = quick_world
     lib = tmp_path_factory.mktemp("emergent") / "library"
     shutil.copytree(out / "library", lib)
-    from orchestrator import cli_emergent  # noqa: F401  (registers discover and analyze)
 
     data = out / "data" / "single_test.jsonl"
     for args in (["--mode", "supervised", "--skills", "reverse,count", "--budget", "0.25", "--criterion",
@@ -27,9 +26,8 @@ def world(quick_world, tmp_path_factory):
 
 def test_discover_writes_mask_bricks_and_indexes_them(world):
     from bricks.library import Library
-    from index import load
-    from index import SentenceTransformerEmbedder
-    from orchestrator.api import index_fingerprint
+    from index import SentenceTransformerEmbedder, load
+    from orchestrator.library_index import index_fingerprint
 
     _, lib_path = world
     lib = Library.open(lib_path)
@@ -47,9 +45,9 @@ def test_mask_steps_run_masked_and_compact_alike(world):
     from bricks.ffn_mask import FfnMaskBrick
     from bricks.generation import generate_texts
     from bricks.library import Library
-    from orchestrator.executor import GenerationRequest
+    from orchestrator.executors.base import GenerationRequest
+    from orchestrator.executors.transformers import TransformersExecutor
     from orchestrator.plan import BrickConfig, BrickRef, Decoding
-    from orchestrator.transformers_executor import TransformersExecutor
 
     out, lib_path = world
     lib = Library.open(lib_path)

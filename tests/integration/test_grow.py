@@ -25,7 +25,6 @@ def world(quick_world, tmp_path):
 
 
 def _cli():
-    from orchestrator import cli_bricks  # noqa: F401  (registers the lifecycle commands)
     from orchestrator.cli import app
 
     return app

@@ -11,7 +11,7 @@ langchain_tests = pytest.importorskip("langchain_tests.integration_tests")
 from langchain_core.output_parsers import StrOutputParser  # noqa: E402
 from langchain_core.prompts import ChatPromptTemplate  # noqa: E402
 
-from orchestrator.langchain import BrickworkPlanner, ChatBrickwork, TaskFailed  # noqa: E402
+from orchestrator.integrations.langchain import BrickworkPlanner, ChatBrickwork, TaskFailed  # noqa: E402
 from orchestrator.plan import Plan  # noqa: E402
 
 pytest.importorskip("pytest_asyncio")

@@ -112,7 +112,6 @@ def test_cli_info_and_bricks_list():
 
 
 def test_eval_pipeline_on_compound_rows():
-    from orchestrator import cli_world  # noqa: F401
     from orchestrator.cli import app
 
     res = CliRunner().invoke(app, ["eval", "--pipeline", "--kind", "compound", "--limit", "1", "--json"])

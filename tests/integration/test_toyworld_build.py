@@ -41,7 +41,6 @@ def test_quick_build_is_deterministic(quick_world, tmp_path):
 
 def test_eval_cli_json_and_bad_input(quick_world):
     from orchestrator.cli import app
-    from orchestrator import cli_world  # noqa: F401
 
     out, _ = quick_world
     runner = CliRunner()

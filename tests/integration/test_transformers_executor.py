@@ -2,14 +2,14 @@
 
 import pytest
 
-from orchestrator.executor import GenerationRequest, UnsupportedConfigError
+from orchestrator.executors.base import GenerationRequest, UnsupportedConfigError
 from orchestrator.plan import BrickConfig, BrickRef, Decoding
 
 
 @pytest.fixture(scope="module")
 def executor(quick_world):
     from bricks.library import Library
-    from orchestrator.transformers_executor import TransformersExecutor
+    from orchestrator.executors.transformers import TransformersExecutor
 
     out, _ = quick_world
     return TransformersExecutor(out / "model", Library.open(out / "library"))
@@ -62,7 +62,7 @@ def test_unsupported_features_reported_together(executor):
 @pytest.mark.parametrize("merge,density", [("linear", None), ("svd", None), ("ties", 0.5), ("dare_linear", 0.5),
                                            ("dare_ties", 0.5)])
 def test_every_merge_method_is_cached_and_deterministic(executor, merge, density):
-    from orchestrator.transformers_executor import TransformersExecutor
+    from orchestrator.executors.transformers import TransformersExecutor
 
     mix = BrickConfig(bricks=(_ref(executor, "caesar", 0.6), _ref(executor, "double", 0.4)), merge=merge,
                       density=density)

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from bricks.prompt import DEFAULT_TEMPLATE
-from orchestrator.executor import GenerationRequest, UnsupportedConfigError
+from orchestrator.executors.base import GenerationRequest, UnsupportedConfigError
 from orchestrator.plan import BrickConfig, BrickRef, Decoding
 
 D = Decoding(max_new_tokens=16)

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from orchestrator.batch import BatchError, BatchJob, read_tasks, run_chunk, run_local
+from orchestrator.integrations.batch import BatchError, BatchJob, read_tasks, run_chunk, run_local
 
 
 class FakeOrchestrator:

@@ -2,9 +2,9 @@
 
 import pytest
 
+from index import SearchHit
 from policies import TopOne
 from policies.calibration import ScoredExample, fit_thresholds, route_of, routing_metrics
-from index import SearchHit
 
 EXAMPLES = [
     ScoredExample("a", "a", 0.9), ScoredExample("a", "a", 0.8), ScoredExample("a", "a", 0.45),

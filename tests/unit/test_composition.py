@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from bricks.ffn_mask import combine_masks
 from orchestrator.api import Orchestrator
-from orchestrator.executor import UnsupportedConfigError
+from orchestrator.executors.base import UnsupportedConfigError
 from orchestrator.plan import BrickConfig, BrickRef, Plan, Step
 from policies import Composition, ModelDecomposer, RuleDecomposer, StepListGrammar, parse_step_list
 from policies.decompose import DecompositionError

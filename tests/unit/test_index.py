@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from index import (BrickDocument, BrickIndex, HashingEmbedder, IndexLoadError, StaleIndexError, load, open_or_build,
-                   save)
+from index import BrickDocument, BrickIndex, HashingEmbedder, IndexLoadError, StaleIndexError, load, open_or_build, save
 
 DOCS = [BrickDocument("reverse@1", ("Reverse the text.", "Write the input backwards.")),
         BrickDocument("add@1", ("Add the two numbers.", "What is the sum?")),

@@ -7,7 +7,7 @@ langchain_tests = pytest.importorskip("langchain_tests.unit_tests")
 
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage  # noqa: E402
 
-from orchestrator.langchain import ChatBrickwork, split_task  # noqa: E402
+from orchestrator.integrations.langchain import ChatBrickwork, split_task  # noqa: E402
 
 
 class TestChatBrickworkStandard(langchain_tests.ChatModelUnitTests):

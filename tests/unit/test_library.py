@@ -5,8 +5,15 @@ import shutil
 
 import pytest
 
-from bricks import (BaseModelRef, BrickManifest, IncompatibleBrickError, Library, LibraryError, ManifestError,
-                    UnsafeArtifactError)
+from bricks import (
+    BaseModelRef,
+    BrickManifest,
+    IncompatibleBrickError,
+    Library,
+    LibraryError,
+    ManifestError,
+    UnsafeArtifactError,
+)
 from bricks.ffn_mask import FfnMaskBrick
 from bricks.fingerprint import model_fingerprint
 from bricks.lora import LoraBrick

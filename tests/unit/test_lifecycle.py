@@ -151,7 +151,7 @@ _WRITER = textwrap.dedent("""
 
 
 def test_two_processes_add_fifty_bricks_each(tmp_path, lib):
-    from orchestrator.api import index_fingerprint, library_documents
+    from orchestrator.library_index import index_fingerprint, library_documents
 
     sources = [[str(mask_brick(tmp_path / f"w{w}", f"w{w}-b{i:02d}", seed=100 * w + i)) for i in range(50)]
                for w in range(2)]
@@ -173,7 +173,7 @@ def test_two_processes_add_fifty_bricks_each(tmp_path, lib):
 
 
 def test_index_sync_embeds_only_what_changed(tmp_path, lib):
-    from orchestrator.api import index_fingerprint, library_documents
+    from orchestrator.library_index import index_fingerprint, library_documents
 
     for i in range(3):
         lib.add(mask_brick(tmp_path, f"b{i}"))
@@ -201,10 +201,11 @@ class EchoExecutor:
 
 
 def _orchestrator(lib):
-    from orchestrator.api import Orchestrator, _open_index
+    from orchestrator.api import Orchestrator
+    from orchestrator.library_index import open_index
     from orchestrator.planner import Planner
 
-    return Orchestrator(Planner(lib, _open_index(lib, HashingEmbedder())), EchoExecutor())
+    return Orchestrator(Planner(lib, open_index(lib, HashingEmbedder())), EchoExecutor())
 
 
 def test_running_orchestrator_follows_another_writer(tmp_path, lib):
@@ -262,7 +263,6 @@ def test_lora_targets_come_from_the_model():
 
 
 def _app():
-    from orchestrator import cli_bricks  # noqa: F401  (registers the lifecycle commands)
     from orchestrator.cli import app
 
     return app

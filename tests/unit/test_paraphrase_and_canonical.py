@@ -7,8 +7,8 @@ from bricks.toyworld.skills import SKILLS
 from bricks.toyworld.tasks import CONNECTIVES, FINAL_CONNECTIVES
 from index import BrickDocument, BrickIndex, HashingEmbedder
 from orchestrator.evaluation import plan_correctness
-from orchestrator.planner import Planner
 from orchestrator.plan import BrickConfig, BrickRef, Plan, Step
+from orchestrator.planner import Planner
 from policies import BASE_KEY, RuleDecomposer, TopOne
 
 

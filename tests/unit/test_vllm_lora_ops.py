@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from orchestrator import vllm_lora_ops
-from orchestrator.vllm_lora_ops import bgmv_expand, bgmv_expand_slice, bgmv_shrink
+from orchestrator.executors.vllm import lora_ops as vllm_lora_ops
+from orchestrator.executors.vllm.lora_ops import bgmv_expand, bgmv_expand_slice, bgmv_shrink
 
 
 def _reference(x, a, b, idx, scaling):

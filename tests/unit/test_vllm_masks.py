@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from orchestrator.vllm_executor import LORA_RANKS, lora_int_id, lora_rank_limit
-from orchestrator.vllm_masks import MaskTable, pack_mask, unpack_mask
+from orchestrator.executors.vllm.executor import LORA_RANKS, lora_int_id, lora_rank_limit
+from orchestrator.executors.vllm.masks import MaskTable, pack_mask, unpack_mask
 
 L, I, H = 3, 16, 8
 
@@ -106,7 +106,7 @@ def test_lora_ids_are_stable_and_ranks_round_up():
 def test_missing_vllm_is_one_error_naming_the_extras(monkeypatch, tmp_path):
     import sys
 
-    from orchestrator.vllm_executor import VllmExecutor, VllmNotInstalledError
+    from orchestrator.executors.vllm.executor import VllmExecutor, VllmNotInstalledError
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
     with pytest.raises(VllmNotInstalledError, match=r"install `brickwork\[vllm\]` on GPU machines or "
@@ -135,9 +135,9 @@ def test_removed_mask_slot_is_reused_and_compact_matrices_are_bounded():
 
 
 def test_calls_with_more_masks_than_max_masks_are_split_by_mask():
-    from orchestrator.executor import GenerationRequest
+    from orchestrator.executors.base import GenerationRequest
+    from orchestrator.executors.vllm.executor import _mask_parts
     from orchestrator.plan import BrickConfig, BrickRef, Decoding
-    from orchestrator.vllm_executor import _mask_parts
 
     def req(mask):
         bricks = (BrickRef(id=mask, version=1, kind="ffn_mask"),) if mask else ()
@@ -149,7 +149,7 @@ def test_calls_with_more_masks_than_max_masks_are_split_by_mask():
 
 
 def test_cpu_engine_env_explicit_wins_then_environment_then_defaults():
-    from orchestrator.vllm_executor import _default_cpu_kv_cache_gib, cpu_engine_env
+    from orchestrator.executors.vllm.executor import _default_cpu_kv_cache_gib, cpu_engine_env
 
     default_kv = str(_default_cpu_kv_cache_gib())
     assert cpu_engine_env({}, cores=2) == {"VLLM_CPU_KVCACHE_SPACE": default_kv, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}

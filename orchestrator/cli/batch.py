@@ -9,14 +9,21 @@ from typing import Optional
 
 import typer
 
-from orchestrator.cli import LibraryOpt, ModelOpt, app, fail, first_line, user_errors
+from orchestrator.cli.root import LibraryOpt, ModelOpt, app, fail, first_line, user_errors
 
 __all__ = ["batch"]
 
 
 def _progress_bar():
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
                     TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
@@ -55,7 +62,7 @@ def batch(input_path: Path = typer.Argument(..., metavar="IN", help="JSONL, CSV 
           as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
           quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")) -> None:
     """Run every row of IN and append one row per id to OUT; a rerun resumes where the last run stopped."""
-    from orchestrator.batch import BatchError, BatchJob, run_local
+    from orchestrator.integrations.batch import BatchError, BatchJob, run_local
 
     if engine not in ("local", "ray"):
         fail(f"unknown engine {engine!r}; expected local or ray")
@@ -63,7 +70,7 @@ def batch(input_path: Path = typer.Argument(..., metavar="IN", help="JSONL, CSV 
     try:
         job = BatchJob.open(input_path, out, model=model, library=library, fmt=fmt, chunk_size=chunk_size)
         if engine == "ray":
-            from orchestrator.batch_ray import import_ray
+            from orchestrator.integrations.ray import import_ray
 
             import_ray()  # a missing extra stops here, before any model loads
     except (BatchError, *user_errors()) as e:
@@ -90,11 +97,11 @@ def batch(input_path: Path = typer.Argument(..., metavar="IN", help="JSONL, CSV 
         if bar is not None:
             bar.start()
         if job.remaining == 0:
-            from orchestrator.batch import run_local
+            from orchestrator.integrations.batch import run_local
 
             summary = run_local(job, None, progress=progress)
         elif engine == "ray":
-            from orchestrator.batch_ray import run_ray
+            from orchestrator.integrations.ray import run_ray
 
             summary = run_ray(job, model=model, library=library, executor=executor, workers=workers,
                               address=address, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,

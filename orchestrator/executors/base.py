@@ -7,12 +7,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from bricks.errors import BrickworkError
 from orchestrator.plan import BrickConfig, Decoding
 
 __all__ = ["GenerationRequest", "Executor", "UnsupportedConfigError", "group_requests", "config_masks", "reason"]
 
 
-class UnsupportedConfigError(ValueError):
+class UnsupportedConfigError(BrickworkError):
     """A request asks for something this executor cannot do; the message lists every such thing."""
 
 

@@ -1,7 +1,7 @@
 """The vLLM executor: one `vllm.LLM` engine, LoRA bricks as `LoRARequest`s, neuron masks patched into the workers.
 
 Every request of a `generate` call goes to the engine at once, so requests with different LoRA bricks and
-different masks share batches: vLLM maps each token to its LoRA slot and `orchestrator.vllm_worker` maps it to its
+different masks share batches: vLLM maps each token to its LoRA slot and `orchestrator.executors.vllm.worker` maps it to its
 mask slot. A step that merges several LoRA bricks is served as one adapter, merged once with PEFT (the same
 `add_weighted_adapter` the transformers executor runs) and written to a cache folder as safetensors.
 
@@ -22,7 +22,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.executor import GenerationRequest, UnsupportedConfigError, config_masks, reason
+from bricks.errors import MissingExtraError
+from bricks.kinds import get_kind
+from orchestrator.executors.base import GenerationRequest, UnsupportedConfigError, config_masks, reason
 from orchestrator.plan import BrickConfig, BrickRef, Decoding
 
 __all__ = ["VllmExecutor", "VllmNotInstalledError", "lora_int_id", "lora_rank_limit", "cpu_engine_env", "LORA_RANKS"]
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM accepts for max_lora_rank
 
 
-class VllmNotInstalledError(ImportError):
+class VllmNotInstalledError(MissingExtraError):
     """vllm does not import; the message names the extra to install."""
 
 
@@ -133,7 +135,7 @@ class VllmExecutor:
         if dtype == "auto":  # the checkpoint's dtype, as in transformers (vLLM's "auto" makes float32 bfloat16 on CPU)
             stored = getattr(self._config, "dtype", None) or getattr(self._config, "torch_dtype", None)
             dtype = str(stored).removeprefix("torch.") if stored is not None else "auto"
-        ranks = [self._lora_rank(b.id, b.version) for b in library.list() if b.manifest.kind == "lora"]
+        ranks = [self._lora_rank(b.id, b.version) for b in library.list() if get_kind(b.kind).role == "adapter"]
         self.max_lora_rank = max_lora_rank or lora_rank_limit(max(ranks, default=8))
         if self.max_lora_rank not in LORA_RANKS:
             raise ValueError(f"max_lora_rank {self.max_lora_rank} is not one vLLM accepts: {LORA_RANKS}")
@@ -161,7 +163,7 @@ class VllmExecutor:
             max_lora_rank=self.max_lora_rank, max_cpu_loras=max_cpu_loras or max(self.max_loras, 64),
             max_num_seqs=max_num_seqs, tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager,
             trust_remote_code=trust_remote_code, seed=seed,
-            worker_extension_cls="orchestrator.vllm_worker.BrickworkWorkerExtension")
+            worker_extension_cls="orchestrator.executors.vllm.worker.BrickworkWorkerExtension")
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
         if gpu_memory_utilization is not None:
@@ -241,7 +243,7 @@ class VllmExecutor:
         from bricks.training.export import save_adapter
 
         if self._merger is None:
-            from orchestrator.transformers_executor import TransformersExecutor
+            from orchestrator.executors.transformers import TransformersExecutor
 
             # PEFT merges the adapters' own matrices; the base model is loaded once, in its stored dtype
             self._merger = TransformersExecutor(self.model_dir, self.library, dtype="auto",
@@ -257,7 +259,7 @@ class VllmExecutor:
         key = config.mask_key
         if key not in self._packed_masks:
             from bricks.emergent.masking import kept_neurons
-            from orchestrator.vllm_masks import pack_mask
+            from orchestrator.executors.vllm.masks import pack_mask
 
             masks = config_masks(self.library, config, self._config)
             self._packed_masks[key] = pack_mask(kept_neurons(masks, config.mask_mode),
@@ -294,9 +296,6 @@ class VllmExecutor:
             if config.key in seen:
                 continue
             seen.add(config.key)
-            for b in config.bricks:
-                if b.kind not in ("lora", "ffn_mask"):
-                    problems.add(f"brick {b.key} of unknown kind {b.kind}")
             try:
                 self._lora_request(config)
                 if config.masks:

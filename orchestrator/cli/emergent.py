@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from orchestrator.cli import LibraryOpt, ModelOpt, app, bricks_app, fail, first_line, user_errors
+from orchestrator.cli.root import LibraryOpt, ModelOpt, app, bricks_app, fail, first_line, user_errors
 
 __all__ = ["discover", "analyze"]
 
@@ -76,8 +76,8 @@ def discover(data: Path = typer.Option(..., "--data", help="JSONL rows with inst
     from bricks.emergent.discover import CRITERIA, cluster_neurons, down_proj_norms, supervised_masks
     from bricks.emergent.export import write_mask_brick
     from bricks.emergent.masking import mask_density
-    from orchestrator.factory import open_library, open_planner
     from bricks.toyworld.paths import world_model_dir
+    from orchestrator.factory import open_library, open_planner
 
     try:
         if mode not in ("supervised", "unsupervised"):
@@ -135,8 +135,8 @@ def analyze(data: Path = typer.Option(..., "--data", help="JSONL rows (instructi
             profile_data: Optional[Path] = typer.Option(None, "--profile-data",
                                                         help="Rows to profile (default: the even rows of --data).")) -> None:
     """Activation sparsity, skill x cluster specialization, ablation and keep-only matrices (PNG + markdown)."""
-    from orchestrator.analysis import run_analysis
     from bricks.toyworld.paths import world_model_dir
+    from orchestrator.analysis import run_analysis
 
     try:
         summary = run_analysis(model or world_model_dir(), data, out, budget=budget, keep_budget=keep_budget, k=k,

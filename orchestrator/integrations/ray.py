@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from orchestrator.batch import BatchError, BatchJob, BatchSummary, Progress, TaskRow, run_chunk
+from orchestrator.integrations.batch import BatchError, BatchJob, BatchSummary, Progress, TaskRow, run_chunk
 
 __all__ = ["run_ray", "import_ray"]
 

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bricks.errors import BrickworkError
 from orchestrator.validation import InputError, check_text
 
 __all__ = ["BatchError", "TaskRow", "InputFile", "BatchJob", "BatchSummary", "read_tasks", "run_chunk",
@@ -41,7 +42,7 @@ DEFAULT_CHUNK_SIZE = 1024
 JOB_FORMAT = 1
 
 
-class BatchError(ValueError):
+class BatchError(BrickworkError):
     """The job cannot start or go on (an unreadable input, an output of another job); one line naming the value."""
 
 
@@ -259,8 +260,8 @@ def job_identity(inp: InputFile, model: Path | None, library: Path | None) -> di
     """What makes two runs the same job: the input bytes, the model weights, the library (bricks, base skills)."""
     from bricks.fingerprint import model_fingerprint
     from bricks.toyworld.paths import world_model_dir
-    from orchestrator.api import index_fingerprint
     from orchestrator.factory import open_library
+    from orchestrator.library_index import index_fingerprint
 
     model_dir = Path(model) if model is not None else world_model_dir()
     lib = open_library(library)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bricks.generation import generate_texts
 from bricks.model_io import load_model, load_tokenizer
-from orchestrator.executor import GenerationRequest, UnsupportedConfigError, config_masks, group_requests, reason
+from orchestrator.executors.base import GenerationRequest, UnsupportedConfigError, config_masks, group_requests, reason
 from orchestrator.plan import BrickConfig
 
 __all__ = ["TransformersExecutor", "MergeStats"]
@@ -146,13 +146,10 @@ class TransformersExecutor:
         problems = set()
         for r in requests:
             for b in r.config.bricks:
-                if b.kind not in ("lora", "ffn_mask"):
-                    problems.add(f"brick {b.key} of unknown kind {b.kind}")
-                    continue
                 if b.key in self._fits:
                     continue
                 try:
-                    if b.kind == "ffn_mask":
+                    if b.role == "mask":
                         self._masks(BrickConfig(bricks=(b,)))
                     else:
                         self._brick_folder(b.id, b.version)

@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from orchestrator.cli import LibraryOpt, ModelOpt, bricks_app, fail, first_line, user_errors
+from orchestrator.cli.root import LibraryOpt, ModelOpt, bricks_app, fail, first_line, user_errors
 
 __all__ = ["bricks_app"]
 

@@ -11,7 +11,8 @@ token -> mask mapping next to it from the same batch order.
 from __future__ import annotations
 
 import re
-from orchestrator.vllm_lora_ops import CPU_LORA_OPS, StepSelections
+
+from orchestrator.executors.vllm.lora_ops import CPU_LORA_OPS, StepSelections
 
 __all__ = ["BrickworkWorkerExtension", "MASK_ARG"]
 
@@ -87,7 +88,7 @@ def _masked_mlp(mlp, layer: int, table, weights: _FfnWeights, tp_size: int):
 
 
 def _fix_cpu_lora_ops() -> None:
-    """Replace vLLM's PyTorch punica ops (its CPU LoRA path) with `orchestrator.vllm_lora_ops`."""
+    """Replace vLLM's PyTorch punica ops (its CPU LoRA path) with `orchestrator.executors.vllm.lora_ops`."""
     import vllm.lora.ops.torch_ops.lora_ops as ops
     import vllm.lora.punica_wrapper.punica_cpu as cpu
 
@@ -149,7 +150,7 @@ class BrickworkWorkerExtension:
         """Patch every decoder layer's MLP and the runner's batch preparation; returns the layers patched."""
         from vllm.platforms import current_platform
 
-        from orchestrator.vllm_masks import MaskTable
+        from orchestrator.executors.vllm.masks import MaskTable
 
         if getattr(self, "_brickwork_table", None) is not None:
             return self._brickwork_table.num_layers
@@ -182,7 +183,7 @@ class BrickworkWorkerExtension:
 
     def brickwork_add_mask(self, key: str, packed: bytes, num_layers: int, intermediate_size: int) -> int:
         """Register the mask `key` (bits of a bool [L, I] matrix of the neurons that run); returns its slot."""
-        from orchestrator.vllm_masks import unpack_mask
+        from orchestrator.executors.vllm.masks import unpack_mask
 
         return self._brickwork_table.add(key, unpack_mask(packed, num_layers, intermediate_size))
 

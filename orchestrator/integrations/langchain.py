@@ -1,7 +1,7 @@
 """LangChain integration: `ChatBrickwork`, a chat model backed by an Orchestrator, and `BrickworkPlanner`,
 a Runnable that returns the plan alone.
 
-    from orchestrator.langchain import ChatBrickwork
+    from orchestrator.integrations.langchain import ChatBrickwork
     chat = ChatBrickwork()                                   # the toy world; model=..., library=... for yours
     msg = chat.invoke("Reverse the text, then convert to uppercase.\\nInput: planet")
     msg.content                                              # "TENALP"

@@ -1,42 +1,14 @@
-"""The `brickwork` command line: run, plan, bricks, index, info (and toyworld, eval from cli_world)."""
+"""The `brickwork` commands that use a library as it is: run, plan, calibrate, info, bricks list/show, index build."""
 
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-__all__ = ["app", "main", "fail", "first_line"]
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="brickwork: an LLM configured out of bricks.")
-bricks_app = typer.Typer(no_args_is_help=True, help="Inspect the bricks of a library.")
-index_app = typer.Typer(no_args_is_help=True, help="Build the brick index of a library.")
-app.add_typer(bricks_app, name="bricks")
-app.add_typer(index_app, name="index")
-
-ModelOpt = typer.Option(None, "--model", help="HF model folder (default: the toy world's model).")
-LibraryOpt = typer.Option(None, "--library", help="Brick library folder (default: the toy world's library).")
-
-
-def fail(message: str) -> None:
-    """Print one line to stderr and exit with status 2."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
-
-
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message (a KeyError's without its quotes), or its type's name."""
-    text = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def user_errors():
-    """The exception types that are the user's input being wrong (reported in one line, exit 2)."""
-    return (ValueError, FileNotFoundError, FileExistsError, KeyError, UnicodeDecodeError)
+from orchestrator.cli.root import LibraryOpt, ModelOpt, app, bricks_app, fail, first_line, index_app, user_errors
 
 
 def _orchestrator(model, library, executor: str):
@@ -141,8 +113,8 @@ def bricks_show(brick_id: str = typer.Argument(...), library: Optional[Path] = L
 def index_build(library: Optional[Path] = LibraryOpt) -> None:
     """(Re)build the brick index of a library and save it beside the library."""
     from index import BrickIndex, SentenceTransformerEmbedder, save
-    from orchestrator.api import index_fingerprint, library_documents
     from orchestrator.factory import open_library
+    from orchestrator.library_index import index_fingerprint, library_documents
 
     try:
         lib = open_library(library)
@@ -161,7 +133,8 @@ def calibrate(data: Path = typer.Option(..., "--data", help="Labeled JSONL: inst
               save: bool = typer.Option(True, "--save/--dry-run", help="Write <library>/routing.json."),
               as_json: bool = typer.Option(False, "--json")) -> None:
     """Fit per-brick routing thresholds; report routing precision/recall before and after."""
-    from orchestrator.calibrate import calibrate as fit, read_labeled, save_thresholds
+    from orchestrator.calibrate import calibrate as fit
+    from orchestrator.calibrate import read_labeled, save_thresholds
     from orchestrator.factory import open_planner
 
     try:
@@ -205,16 +178,3 @@ def info(as_json: bool = typer.Option(False, "--json"), model: Optional[Path] = 
     else:
         for k, v in data.items():
             typer.echo(f"{k:14} {v}")
-
-
-def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from orchestrator import cli_emergent, cli_world  # noqa: F401  (register discover, analyze, toyworld, eval)
-    from orchestrator import cli_bricks  # noqa: F401  (registers bricks train/update/add/remove/rollback/verify)
-    from orchestrator import cli_batch  # noqa: F401  (registers batch)
-
-    app()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

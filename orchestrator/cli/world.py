@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from orchestrator.cli import LibraryOpt, ModelOpt, app, fail, user_errors
+from orchestrator.cli.root import LibraryOpt, ModelOpt, app, fail, user_errors
 
 __all__ = ["toyworld_app"]
 
@@ -163,6 +163,7 @@ def _pipeline_scores(model_dir: Path, library: Optional[Path], rows: list[dict],
 
 def _brick_path(brick: str, library: Optional[Path], model) -> Path:
     """A brick folder, from a path or from an id in the library, validated against the model."""
+    from bricks.kinds import get_kind
     from bricks.library import Brick
     from bricks.lora import LoraBrick
     from bricks.manifest import BrickManifest
@@ -173,7 +174,7 @@ def _brick_path(brick: str, library: Optional[Path], model) -> Path:
         found = Brick(manifest=BrickManifest.from_file(folder / "brick.json"), path=folder.resolve())
     else:
         found = open_library(library).get(brick)
-    if found.kind != "lora":
-        fail(f"brick {brick!r} is of kind {found.kind}; eval applies LoRA bricks")
+    if get_kind(found.kind).role != "adapter":
+        fail(f"brick {brick!r} is of kind {found.kind}; eval applies LoRA (adapter) bricks")
     LoraBrick.from_dir(found.path, found.manifest).check_fits(model.config)
     return found.path

@@ -1,0 +1,5 @@
+"""The vLLM executor: one engine, LoRA bricks as LoRARequests, FFN masks patched into vLLM's workers.
+
+`executor` runs in the caller's process; `worker` (and its `masks`, `lora_ops`) run inside vLLM's worker
+processes through `worker_extension_cls`. Only `executor` and `worker` import vllm.
+"""
