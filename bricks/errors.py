@@ -8,11 +8,15 @@ and the traceback with `--debug`.
 from __future__ import annotations
 
 __all__ = ["BrickworkError", "BrickError", "ManifestError", "IncompatibleBrickError", "UnsafeArtifactError",
-           "LibraryError", "IntegrityError", "MissingExtraError"]
+           "LibraryError", "ReadOnlyLibraryError", "IntegrityError", "MissingExtraError"]
 
 
 class BrickworkError(ValueError):
     """Root of every error brickwork raises on purpose: bad input, a bad brick, a refused operation."""
+
+
+class ConfigError(BrickworkError):
+    """An option, argument or data file with a value brickwork does not accept (the message names it)."""
 
 
 class MissingExtraError(BrickworkError, ImportError):
@@ -41,3 +45,8 @@ class IntegrityError(BrickError):
 
 class LibraryError(BrickError):
     """A library folder that is corrupt, or an operation the library refuses."""
+
+
+class ReadOnlyLibraryError(LibraryError, PermissionError):
+    """A write refused because the library's folder cannot be written; nothing was changed. Also a
+    PermissionError, so code that falls back on read-only storage (an in-memory index) keeps doing so."""

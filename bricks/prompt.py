@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bricks.errors import ConfigError
+
 __all__ = ["PromptTemplate", "DEFAULT_TEMPLATE"]
 
 
@@ -20,7 +22,7 @@ class PromptTemplate:
     def __post_init__(self) -> None:
         for field in ("{instruction}", "{input}"):
             if field not in self.text:
-                raise ValueError(f"prompt template {self.text!r} lacks the field {field}")
+                raise ConfigError(f"prompt template {self.text!r} lacks the field {field}")
 
     def render(self, instruction: str, input: str = "") -> str:
         return self.text.replace("{instruction}", instruction).replace("{input}", input)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bricks.errors import MissingExtraError
+from bricks.errors import ConfigError, MissingExtraError
 
 __all__ = ["run_analysis"]
 
@@ -101,7 +101,7 @@ def run_analysis(model_dir: Path, data: Path, out: Path, *, budget: float, keep_
     from bricks.rows import read_rows
 
     if keep_criterion not in CRITERIA:
-        raise ValueError(f"unknown keep criterion {keep_criterion!r}; expected one of {', '.join(CRITERIA)}")
+        raise ConfigError(f"unknown keep criterion {keep_criterion!r}; expected one of {', '.join(CRITERIA)}")
     wanted = {s.strip() for s in only.split(",")} if only else None
     rows = [r.as_dict() for r in read_rows(data, require_output=True)
             if len(r.skills) == 1 and (wanted is None or r.skills[0] in wanted)]

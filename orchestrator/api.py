@@ -8,12 +8,14 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from bricks.errors import ConfigError
 from bricks.prompt import DEFAULT_TEMPLATE, PromptTemplate
 from orchestrator.executors.base import Executor, GenerationRequest, group_requests
 from orchestrator.library_index import library_stamp, open_index
 from orchestrator.plan import Decoding, Plan
 from orchestrator.planner import Planner
 from orchestrator.result import Result, StepTrace
+from orchestrator.validation import InputError
 from policies import Composition
 
 __all__ = ["Orchestrator", "make_decomposer"]
@@ -33,11 +35,11 @@ def make_decomposer(spec, engine=None):
         return SingleStep()
     if spec == "model":
         if engine is None or not hasattr(engine, "complete_constrained"):
-            raise ValueError("decomposer 'model' needs an executor with constrained decoding (transformers)")
+            raise ConfigError("decomposer 'model' needs an executor with constrained decoding (transformers)")
         return ModelDecomposer(lm=engine.complete_constrained)
     if spec.startswith("model:"):
         return ModelDecomposer(lm=_planner_model(Path(spec[len("model:"):])))
-    raise ValueError(f"unknown decomposer {spec!r}; expected rules, single, model or model:PATH")
+    raise ConfigError(f"unknown decomposer {spec!r}; expected rules, single, model or model:PATH")
 
 
 def _planner_model(folder: Path):
@@ -73,11 +75,11 @@ class Orchestrator:
         as constrained JSON, rules as fallback) or "model:PATH" (a planner model folder does). `composition`
         (policies.Composition) says how steps routed to several bricks merge them.
         """
-        from bricks.library import Library
-        from bricks.toyworld.paths import world_library_dir, world_model_dir
+        from orchestrator.factory import model_dir as resolve_model
+        from orchestrator.factory import open_library
 
-        model_dir = Path(model) if model is not None else world_model_dir()
-        lib = Library.open(Path(library) if library is not None else world_library_dir())
+        model_dir = resolve_model(model)
+        lib = open_library(library)
         if embedder is None:
             from index import SentenceTransformerEmbedder
 
@@ -92,7 +94,7 @@ class Orchestrator:
 
             engine = VllmExecutor(model_dir, lib, **executor_options)
         else:
-            raise ValueError(f"unknown executor {executor!r}; expected 'transformers' or 'vllm'")
+            raise ConfigError(f"unknown executor {executor!r}; expected 'transformers' or 'vllm'")
         if routing is None:
             from orchestrator.calibrate import calibrated_routing
 
@@ -170,6 +172,18 @@ class Orchestrator:
                 out[i] = text
         return out
 
+    def _generate_checked(self, requests: list[GenerationRequest]) -> list[str | Exception]:
+        """`_generate_wave` for the requests the executor can take; the others (a prompt longer than the model's
+        context) get their own error and are never submitted."""
+        prompt_problems = getattr(self.executor, "prompt_problems", None)  # optional in the Executor protocol
+        problems = prompt_problems(requests) if prompt_problems and requests else [None] * len(requests)
+        out: list[str | Exception] = [InputError(p) if p else "" for p in problems]
+        ok = [i for i, p in enumerate(problems) if p is None]
+        if ok:
+            for i, text in zip(ok, self._generate_wave([requests[i] for i in ok])):
+                out[i] = text
+        return out
+
     def _run_plans(self, plans: Sequence[Plan], plan_ms: Sequence[float]) -> list[Result]:
         outputs: list[list[str | None]] = [[None] * len(p.steps) for p in plans]
         errors: list[list[str | None]] = [[None] * len(p.steps) for p in plans]
@@ -193,7 +207,7 @@ class Orchestrator:
                 requests.append(GenerationRequest(self._render(plans[pi], si, inputs[pi][si]),
                                                   plans[pi].steps[si].config, plans[pi].steps[si].decoding))
             t = time.perf_counter()
-            texts = self._generate_wave(requests) if requests else []
+            texts = self._generate_checked(requests)
             wave_ms = (time.perf_counter() - t) * 1000
             for (pi, si), text in zip(runnable, texts):
                 if isinstance(text, Exception):

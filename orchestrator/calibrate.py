@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bricks.atomic import atomic_write_text
+from bricks.errors import ConfigError
 from orchestrator.evaluation import expected_routes
 from policies import BASE_KEY, RuleDecomposer, TopOne
 from policies.calibration import RoutingMetrics, ScoredExample, fit_thresholds, routing_metrics
@@ -47,24 +48,24 @@ def read_labeled(path: Path, library) -> list[tuple[str, str | None]]:
             row = json.loads(line)
             text = row["instruction"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise ValueError(f"{path}:{n}: expected a JSON object with an instruction") from None
+            raise ConfigError(f"{path}:{n}: expected a JSON object with an instruction") from None
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{path}:{n}: instruction must be a non-empty string")
+            raise ConfigError(f"{path}:{n}: instruction must be a non-empty string")
         if "brick" in row:
             out.append((text, row["brick"]))
             continue
         skills = row.get("skills")
         if not isinstance(skills, list):
-            raise ValueError(f"{path}:{n}: give `brick` (id or null) or `skills` (a list)")
+            raise ConfigError(f"{path}:{n}: give `brick` (id or null) or `skills` (a list)")
         if not skills:
             out.append((text, None))
             continue
         steps = decomposer.split(text)
         if len(steps) != len(skills):
-            raise ValueError(f"{path}:{n}: {len(steps)} steps but {len(skills)} skills")
+            raise ConfigError(f"{path}:{n}: {len(steps)} steps but {len(skills)} skills")
         out += [(s, routes.get(k)) for s, k in zip(steps, skills)]
     if not out:
-        raise ValueError(f"{path}: no labeled rows")
+        raise ConfigError(f"{path}: no labeled rows")
     return out
 
 
@@ -108,7 +109,7 @@ def load_thresholds(library_path: Path) -> Mapping[str, float] | None:
         data = json.loads(path.read_text(encoding="utf-8"))
         return {str(k): float(v) for k, v in data["thresholds"].items()}
     except (ValueError, KeyError, TypeError, AttributeError):
-        raise ValueError(f"{path}: corrupt routing file; rerun `brickwork calibrate`") from None
+        raise ConfigError(f"{path}: corrupt routing file; rerun `brickwork calibrate`") from None
 
 
 def calibrated_routing(library_path: Path) -> TopOne | None:

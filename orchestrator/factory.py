@@ -1,13 +1,22 @@
-"""Opening the default pieces (library, planner) and describing them, for the CLI and the API."""
+"""The API and CLI edge: a model folder or library not named means the toy world's. Nothing below this edge
+knows the toy world."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["open_library", "open_planner", "describe"]
+__all__ = ["model_dir", "open_library", "open_planner", "describe"]
 
 
-def open_library(library: Path | None = None):
+def model_dir(model: str | Path | None = None) -> Path:
+    """The model folder `model`, or the toy world's when None."""
+    from bricks.toyworld.paths import world_model_dir
+
+    return Path(model) if model is not None else world_model_dir()
+
+
+def open_library(library: str | Path | None = None):
+    """The library at `library`, or the toy world's when None."""
     from bricks.library import Library
     from bricks.toyworld.paths import world_library_dir
 
@@ -36,16 +45,15 @@ def describe(model: Path | None = None, library: Path | None = None) -> dict[str
     from importlib.metadata import version
 
     from bricks.model_io import check_model_dir
-    from bricks.toyworld.paths import world_model_dir
     from index import SentenceTransformerEmbedder
 
     lib = open_library(library)
-    model_dir = check_model_dir(Path(model) if model is not None else world_model_dir())
+    folder = check_model_dir(model_dir(model))
     embedder = SentenceTransformerEmbedder()
     index_dir = Path(lib.path) / "index"
     return {
         "brickwork": version("brickwork"),
-        "model": str(model_dir),
+        "model": str(folder),
         "base_model": f"{lib.base_model.name} {lib.base_model.fingerprint}",
         "library": str(lib.path),
         "bricks": len(lib.list()),

@@ -32,12 +32,20 @@ class LibraryChange:
 
 
 def exclude_misfits(planner, model_config, bricks=None) -> None:
-    """Leave out of routing, with a warning, every brick (of `bricks`, default: the library's) that does not
-    fit the loaded model: the same check at start-up and after every reload."""
+    """Leave out of routing, with a warning naming it and the reason, every brick (of `bricks`, default: the
+    library's) whose files fail their integrity check (checksums, safetensors headers, symlinks) or that does
+    not fit the loaded model: the same check at start-up and after every reload, so a bad brick never wins."""
+    from bricks.errors import BrickError
+    from bricks.integrity import check_brick
     from bricks.kinds import misfit
 
     for brick in planner.library.list() if bricks is None else bricks:
         if brick.key in planner.excluded:
+            continue
+        try:
+            check_brick(brick)
+        except BrickError as e:
+            planner.exclude(brick.key, str(e))
             continue
         reason = misfit(brick.path, brick.manifest, model_config)
         if reason:

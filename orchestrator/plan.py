@@ -8,9 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bricks.errors import BrickworkError
 from bricks.kinds import get_kind
+from orchestrator.validation import MAX_INSTRUCTION_CHARS, check_text
 
 __all__ = ["BrickRef", "BrickConfig", "Decoding", "Step", "Plan", "PlanError", "MergeMethod", "MaskMerge",
-           "MERGE_METHODS", "PLAN_FORMAT"]
+           "MERGE_METHODS", "PLAN_FORMAT", "MAX_PLAN_STEPS"]
 
 PLAN_FORMAT = 1
 # How several LoRA bricks of one step become one adapter (PEFT's `add_weighted_adapter` combination types):
@@ -25,6 +26,9 @@ _NEEDS_DENSITY = ("ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_s
 
 class PlanError(BrickworkError):
     """A plan is malformed or refers to something that does not exist."""
+
+
+MAX_PLAN_STEPS = 64  # every plan, decomposed or given: a plan of hundreds of steps is a mistake, not a task
 
 
 class _Value(BaseModel):
@@ -142,10 +146,13 @@ class Plan(_Value):
     format: int = PLAN_FORMAT
     instruction: str
     input: str = ""
-    steps: tuple[Step, ...] = Field(min_length=1)
+    steps: tuple[Step, ...] = Field(min_length=1, max_length=MAX_PLAN_STEPS)
 
     @model_validator(mode="after")
     def _check_inputs(self) -> "Plan":
+        for what, text in (("instruction", self.instruction), ("input", self.input),
+                           *((f"step {i} instruction", s.instruction) for i, s in enumerate(self.steps))):
+            check_text(text, what, allow_empty=True, max_chars=MAX_INSTRUCTION_CHARS * 4)
         for i, step in enumerate(self.steps):
             if step.input_from is not None and not 0 <= step.input_from < i:
                 raise ValueError(f"step {i} takes its input from step {step.input_from}, expected a step before {i}")

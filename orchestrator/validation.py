@@ -26,6 +26,11 @@ def check_text(value: object, what: str, *, allow_empty: bool = False, max_chars
             raise InputError(f"{what} is not valid UTF-8 (bad byte 0x{value[e.start]:02x} at offset {e.start})") from None
     if not isinstance(value, str):
         raise InputError(f"{what} must be a string, got {type(value).__name__}")
+    bad = next((i for i, ch in enumerate(value) if "\ud800" <= ch <= "\udfff"), None)
+    if bad is not None:  # a lone surrogate: bytes that were not UTF-8 (e.g. a command-line argument), escaped
+        code = ord(value[bad])
+        byte = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"code point U+{code:04X}"
+        raise InputError(f"{what} is not valid UTF-8 (bad {byte} at character {bad})")
     if not allow_empty and not value.strip():
         raise InputError(f"{what} is empty: {_preview(value)}")
     if len(value) > max_chars:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from index import SearchHit
 
-__all__ = ["BASE_KEY", "RoutedBrick", "Route", "RoutingPolicy", "TopOne", "TopKWeighted"]
+__all__ = ["BASE_KEY", "RoutedBrick", "Route", "RoutingPolicy", "TopOne", "TopKWeighted", "snap_weights"]
 
 BASE_KEY = "base"  # the index entry for what the base model does with no brick
 
@@ -84,11 +84,41 @@ class TopOne:
         return Route((RoutedBrick(best.key, 1.0, best.score),), f"top-1 {best.key} ({best.score:.3f})", best.score)
 
 
+def snap_weights(weights: Sequence[float], floor: float = 0.05, grid: float | None = 0.01) -> list[float]:
+    """Mixture weights fit for a merge cache key: normalized to sum 1, those under `floor` set to 0, the rest
+    renormalized and rounded to multiples of `grid` that still sum to 1 (largest remainders round up).
+
+    The largest weight is always kept; a weight that rounds to 0 is dropped. `floor=0` drops nothing and
+    `grid=None` does not round. Continuous weights would make every plan a new merged adapter; snapped ones
+    take few values (grid 0.01: at most C(99 + k, k - 1) weight vectors for the same k bricks).
+    """
+    if not weights or any(w < 0 or not math.isfinite(w) for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"mixture weights must be finite, non-negative and not all 0, got {list(weights)}")
+    total = sum(weights)
+    w = [x / total for x in weights]
+    top = max(range(len(w)), key=w.__getitem__)
+    kept = [x if x >= floor or i == top else 0.0 for i, x in enumerate(w)]
+    total = sum(kept)
+    kept = [x / total for x in kept]
+    if grid is None:
+        return kept
+    units = round(1 / grid)
+    scaled = [x * units for x in kept]
+    snapped = [math.floor(x) for x in scaled]
+    by_remainder = sorted(range(len(w)), key=lambda i: (snapped[i] - scaled[i], i))  # largest remainder first
+    for i in by_remainder[: units - sum(snapped)]:
+        snapped[i] += 1
+    return [n / units for n in snapped]
+
+
 @dataclass(frozen=True)
 class TopKWeighted:
     """Up to `k` bricks scoring at least `threshold`, weighted by a softmax of score / temperature.
 
     Bricks ranked below the base-model entry are not taken: the base already covers what they would add.
+    Weights are then snapped (`snap_weights`): bricks under `weight_floor` are dropped, the rest renormalized
+    and rounded to multiples of `weight_grid` (None: not rounded), so that near-equal routes share one merged
+    adapter; a route left with one brick runs it alone (weight 1).
     """
 
     k: int = 3
@@ -96,6 +126,16 @@ class TopKWeighted:
     temperature: float = 0.05
     name: str = "topk"
     thresholds: Mapping[str, float] = field(default_factory=dict)
+    weight_floor: float = 0.05
+    weight_grid: float | None = 0.01
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.weight_floor < 1.0:
+            raise ValueError(f"weight_floor must be in [0, 1), got {self.weight_floor}")
+        if self.weight_grid is not None and not (0.0 < self.weight_grid <= 1.0
+                                                 and abs(1 / self.weight_grid - round(1 / self.weight_grid)) < 1e-6):
+            raise ValueError(f"weight_grid must be 1/n for a whole n >= 1 (0.01, 0.05, 0.1, ...), "
+                             f"got {self.weight_grid}")
 
     def route(self, hits: Sequence[SearchHit]) -> Route:
         early = _base_or_fallback(hits, self.threshold, self.thresholds)
@@ -108,7 +148,10 @@ class TopKWeighted:
             chosen.append(hit)
         top = chosen[0].score
         raw = [math.exp((h.score - top) / self.temperature) for h in chosen]
-        total = sum(raw)
-        bricks = tuple(RoutedBrick(h.key, w / total, h.score) for h, w in zip(chosen, raw))
+        snapped = snap_weights(raw, self.weight_floor, self.weight_grid)
+        bricks = tuple(RoutedBrick(h.key, w, h.score) for h, w in zip(chosen, snapped) if w > 0)
         desc = ", ".join(f"{b.key}:{b.weight:.2f}" for b in bricks)
+        dropped = [h.key for h, w in zip(chosen, snapped) if w == 0]
+        if dropped:
+            desc += f" (dropped under weight floor {self.weight_floor}: {', '.join(dropped)})"
         return Route(bricks, f"top-{len(bricks)} weighted {desc}", top)

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 from bricks.emergent.profile import NeuronProfile
+from bricks.errors import ConfigError
 
 __all__ = ["supervised_masks", "cluster_neurons", "Partition", "CRITERIA", "down_proj_norms"]
 
@@ -43,9 +44,9 @@ def supervised_masks(profile: NeuronProfile, skill: str, *, budget: float = 0.3,
     import torch
 
     if skill not in profile.skills:
-        raise ValueError(f"skill {skill!r} was not profiled; profiled: {', '.join(profile.skills)}")
+        raise ConfigError(f"skill {skill!r} was not profiled; profiled: {', '.join(profile.skills)}")
     if not 0 < budget <= 1:
-        raise ValueError(f"budget {budget} must be in (0, 1]")
+        raise ConfigError(f"budget {budget} must be in (0, 1]")
     s = profile.skills.index(skill)
     if criterion == "specific":
         score = profile.specialization()[s]  # [L, I]
@@ -53,15 +54,15 @@ def supervised_masks(profile: NeuronProfile, skill: str, *, budget: float = 0.3,
         score = profile.mean_abs[s]
     elif criterion == "contribution":  # how much the neuron writes into the residual stream on this skill
         if down_norms is None:
-            raise ValueError("criterion 'contribution' needs down_norms ([L, I] norms of down_proj's columns)")
+            raise ConfigError("criterion 'contribution' needs down_norms ([L, I] norms of down_proj's columns)")
         score = profile.mean_abs[s] * down_norms
     elif criterion == "attribution":  # how much the gold answers' likelihood depends on the neuron
         if profile.attribution is None:
-            raise ValueError("criterion 'attribution' needs attribution scores in the profile "
+            raise ConfigError("criterion 'attribution' needs attribution scores in the profile "
                              "(profile.add_attribution(attribution_scores(model, tokenizer, examples)))")
         score = profile.attribution[s]
     else:
-        raise ValueError(f"unknown criterion {criterion!r}; expected one of {', '.join(map(repr, CRITERIA))}")
+        raise ConfigError(f"unknown criterion {criterion!r}; expected one of {', '.join(map(repr, CRITERIA))}")
     L, I = score.shape
     k = max(1, int(round(budget * I)))
     if scope == "global":  # at most `budget` of all neurons, never rounded up
@@ -69,7 +70,7 @@ def supervised_masks(profile: NeuronProfile, skill: str, *, budget: float = 0.3,
         flat[torch.topk(score.flatten(), max(1, math.floor(budget * L * I + 1e-9))).indices] = True
         return {layer: flat.reshape(L, I)[layer].clone() for layer in range(L)}
     if scope != "layer":
-        raise ValueError(f"unknown scope {scope!r}; expected 'layer' or 'global'")
+        raise ConfigError(f"unknown scope {scope!r}; expected 'layer' or 'global'")
     out = {}
     for layer in range(L):
         mask = torch.zeros(I, dtype=torch.bool)
@@ -94,10 +95,10 @@ def cluster_neurons(profile: NeuronProfile, k: int, *, iterations: int = 10, see
     import torch
 
     if profile.reservoir is None or len(profile.reservoir) < 2:
-        raise ValueError("the profile has no prompt sample to cluster on; profile with reservoir > 1")
+        raise ConfigError("the profile has no prompt sample to cluster on; profile with reservoir > 1")
     R, L, I = profile.reservoir.shape
     if not 1 < k <= L * I:
-        raise ValueError(f"k={k} must be in 2..{L * I}")
+        raise ConfigError(f"k={k} must be in 2..{L * I}")
     x = profile.reservoir.permute(1, 2, 0).reshape(L * I, R)  # [N, R] each neuron's pattern over prompts
     x = x - x.mean(1, keepdim=True)
     x = x / x.norm(dim=1, keepdim=True).clamp(min=1e-8)  # cosine geometry: co-activation, not magnitude

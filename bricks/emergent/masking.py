@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Iterator, Mapping
 
 from bricks.emergent.layout import ffn_layout
+from bricks.errors import ConfigError
 
 __all__ = ["apply_masks", "compact_ffn", "mask_density", "kept_neurons"]
 
@@ -21,7 +22,7 @@ Masks = Mapping[int, "object"]
 def kept_neurons(masks: Masks, mode: str) -> dict[int, "object"]:
     """The neurons that run, per listed layer: the mask (keep) or its complement (ablate)."""
     if mode not in ("keep", "ablate"):
-        raise ValueError(f"unknown mask mode {mode!r}; expected 'keep' or 'ablate'")
+        raise ConfigError(f"unknown mask mode {mode!r}; expected 'keep' or 'ablate'")
     return {layer: (m.bool() if mode == "keep" else ~m.bool()) for layer, m in masks.items()}
 
 
@@ -35,9 +36,9 @@ def mask_density(masks: Masks, num_layers: int, intermediate_size: int) -> float
 def _check(layout, masks: Masks) -> None:
     for layer, m in masks.items():
         if not 0 <= layer < layout.num_layers:
-            raise ValueError(f"mask for layer {layer}, but the model has layers 0..{layout.num_layers - 1}")
+            raise ConfigError(f"mask for layer {layer}, but the model has layers 0..{layout.num_layers - 1}")
         if m.dim() != 1 or m.numel() != layout.intermediate_size:
-            raise ValueError(f"mask for layer {layer} has shape {list(m.shape)}, expected "
+            raise ConfigError(f"mask for layer {layer} has shape {list(m.shape)}, expected "
                              f"[{layout.intermediate_size}] (mlp.down_proj input)")
 
 

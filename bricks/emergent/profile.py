@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bricks.emergent.layout import ffn_layout
+from bricks.errors import ConfigError
 
 __all__ = ["NeuronProfile", "profile_neurons"]
 
@@ -40,7 +41,7 @@ class NeuronProfile:
 
         missing = [s for s in self.skills if s not in scores]
         if missing:
-            raise ValueError(f"no attribution scores for skill(s) {', '.join(missing)}")
+            raise ConfigError(f"no attribution scores for skill(s) {', '.join(missing)}")
         self.attribution = torch.stack([scores[s].float() for s in self.skills])
 
     @property

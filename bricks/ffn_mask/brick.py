@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bricks.errors import IncompatibleBrickError, ManifestError
+from bricks.errors import IncompatibleBrickError, IntegrityError, ManifestError
 from bricks.manifest import BrickManifest
 
 __all__ = ["FfnMaskBrick", "MASK_FILE"]
@@ -33,8 +33,13 @@ class FfnMaskBrick:
         """Layer index -> bool tensor [intermediate_size] (True: the neuron is in the brick)."""
         from safetensors.torch import load_file
 
+        try:
+            tensors = load_file(str(self.folder / MASK_FILE))
+        except Exception as e:  # safetensors raises its own SafetensorError (and OSError) for unreadable files
+            raise IntegrityError(f"ffn_mask brick {self.manifest.key}: {MASK_FILE} cannot be read "
+                                 f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         out = {}
-        for name, t in load_file(str(self.folder / MASK_FILE)).items():
+        for name, t in tensors.items():
             m = _LAYER.match(name)
             if not m or t.dim() != 1:
                 raise ManifestError(f"{self.folder / MASK_FILE}: unexpected tensor {name!r} of shape {list(t.shape)}")

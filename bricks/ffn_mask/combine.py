@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
+from bricks.errors import ConfigError
+
 __all__ = ["combine_masks"]
 
 LayerMasks = Mapping[int, "object"]  # layer index -> bool tensor [intermediate_size]
@@ -17,7 +19,7 @@ LayerMasks = Mapping[int, "object"]  # layer index -> bool tensor [intermediate_
 def combine_masks(masks: Sequence[LayerMasks], mode: Literal["union", "intersection"]) -> dict[int, "object"]:
     """The per-layer union or intersection of `masks` (see the module docstring for unlisted layers)."""
     if mode not in ("union", "intersection"):
-        raise ValueError(f"unknown mask merge {mode!r}; expected 'union' or 'intersection'")
+        raise ConfigError(f"unknown mask merge {mode!r}; expected 'union' or 'intersection'")
     if not masks:
         return {}
     layers = set().union(*(m.keys() for m in masks))
@@ -26,7 +28,7 @@ def combine_masks(masks: Sequence[LayerMasks], mode: Literal["union", "intersect
         listed = [m[layer].bool() for m in masks if layer in m]
         sizes = {t.numel() for t in listed}
         if len(sizes) != 1:
-            raise ValueError(f"layer {layer}: masks of different sizes {sorted(sizes)} cannot be combined")
+            raise ConfigError(f"layer {layer}: masks of different sizes {sorted(sizes)} cannot be combined")
         if mode == "union":
             if len(listed) < len(masks):
                 continue  # some brick leaves this layer dense

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from bricks.errors import IncompatibleBrickError, ManifestError, UnsafeArtifactError
+from bricks.errors import IncompatibleBrickError, IntegrityError, ManifestError, UnsafeArtifactError
 from bricks.manifest import PICKLE_SUFFIXES, BrickManifest
 
-__all__ = ["LoraBrickConfig", "LoraBrick", "ADAPTER_CONFIG", "ADAPTER_WEIGHTS"]
+__all__ = ["LoraBrickConfig", "LoraBrick", "ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "TENSOR_PATTERN"]
+
+log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-_TENSOR = re.compile(r"layers\.(\d+)\.(?:[a-z_]+\.)*?([a-z_]+_proj)\.lora_([AB])\.weight$")
+_TENSOR = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:[A-Za-z0-9_]+\.)*?([A-Za-z0-9_]+)\.lora_([AB])\.weight$")
+TENSOR_PATTERN = "...layers.N.<module>.lora_A.weight / lora_B.weight"  # what every adapter tensor must look like
 
 
 class LoraBrickConfig(BaseModel):
@@ -51,6 +55,14 @@ def _module_dims(cfg) -> dict[str, tuple[int, int]]:
             "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
 
 
+def _pattern_matches(pattern: str, names: list[str]) -> bool:
+    """Whether PEFT's regex `target_modules` matches the module of any of the tensor `names`."""
+    try:
+        return any(re.fullmatch(pattern, n.rsplit(".lora_", 1)[0]) or re.search(pattern, n) for n in names)
+    except re.error:
+        return False
+
+
 @dataclass(frozen=True)
 class LoraBrick:
     """A validated LoRA brick folder."""
@@ -70,25 +82,88 @@ class LoraBrick:
         return cls(folder, manifest, LoraBrickConfig.from_dir(folder))
 
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each tensor's shape, from the safetensors header (no tensor is read)."""
         from safetensors import safe_open
 
-        with safe_open(str(self.folder / ADAPTER_WEIGHTS), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        try:
+            with safe_open(str(self.folder / ADAPTER_WEIGHTS), framework="pt") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as e:  # safetensors raises its own SafetensorError (and OSError) for unreadable files
+            raise IntegrityError(f"LoRA brick {self.manifest.key}: {ADAPTER_WEIGHTS} cannot be read "
+                                 f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+    def _targets(self) -> list[str]:
+        t = self.config.target_modules
+        return [t] if isinstance(t, str) else list(t)
+
+    def name_problems(self, model_config=None) -> tuple[list[str], list[str]]:
+        """(tensors that match a module of the model, one line per name that does not).
+
+        With `model_config` (a Llama/Mistral/Qwen-style transformers config) the modules are the model's
+        projections and its layer count; without one, every tensor must match the LoRA layer pattern
+        (`TENSOR_PATTERN`) and every target module must be a module found in those tensor names.
+        """
+        dims = _module_dims(model_config) if hasattr(model_config, "intermediate_size") else {}
+        layers = getattr(model_config, "num_hidden_layers", None)
+        matched, problems, found = [], [], set()
+        for name in sorted(self.tensor_shapes()):
+            m = _TENSOR.search(name)
+            if not m:
+                problems.append(f"tensor {name!r} matches no LoRA layer (expected {TENSOR_PATTERN})")
+                continue
+            layer, module = int(m.group(1)), m.group(2)
+            if dims and module not in dims:
+                problems.append(f"tensor {name!r}: module {module!r} is not in the model (has {', '.join(dims)})")
+            elif layers is not None and layer >= layers:
+                problems.append(f"tensor {name!r}: layer {layer} but the model has {layers}")
+            else:
+                matched.append(name)
+                found.add(module)
+        known = set(dims) or found
+        for target in self._targets():
+            if target.startswith("(") or any(c in target for c in "*?[]|\\"):
+                if not _pattern_matches(target, matched):
+                    problems.append(f"target modules pattern {target!r} matches no tensor")
+            elif target not in known:
+                problems.append(f"target module {target!r} matches no module of the "
+                                f"{'model' if dims else 'adapter'} (has {', '.join(sorted(known)) or 'none'})")
+            elif target not in found:
+                problems.append(f"target module {target!r} has no tensors in {ADAPTER_WEIGHTS}")
+        return matched, problems
+
+    def check_names(self, model_config=None, *, force: bool = False) -> None:
+        """Refuse (IncompatibleBrickError) an adapter whose tensors match no module of the model, listing them,
+        or one that matches only partly unless `force` (then the mismatches are logged as a warning)."""
+        matched, problems = self.name_problems(model_config)
+        if not matched:
+            names = sorted(self.tensor_shapes())
+            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            raise IncompatibleBrickError(f"LoRA brick {self.manifest.key}: no tensor matches a module of the "
+                                         f"model ({shown or 'no tensors'}; expected {TENSOR_PATTERN})")
+        if problems:
+            shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
+            if not force:
+                raise IncompatibleBrickError(f"LoRA brick {self.manifest.key} matches the model only partly: "
+                                             f"{shown} (force to add it anyway)")
+            log.warning("LoRA brick %s matches the model only partly (forced): %s", self.manifest.key, shown)
 
     def check_fits(self, model_config) -> None:
-        """Raise one IncompatibleBrickError listing every target module or shape that does not fit the model."""
+        """Raise one IncompatibleBrickError listing every tensor name, target module or shape that does not fit."""
         problems: list[str] = []
         dims = _module_dims(model_config) if hasattr(model_config, "intermediate_size") else {}
-        targets = [self.config.target_modules] if isinstance(self.config.target_modules, str) else self.config.target_modules
         if dims:
-            problems += [f"target module {t!r} not in the model" for t in targets if t not in dims and not t.startswith("(")]
+            problems += [f"target module {t!r} not in the model" for t in self._targets()
+                         if t not in dims and not t.startswith("(")]
         for name, shape in self.tensor_shapes().items():
             m = _TENSOR.search(name)
             if not m:
+                problems.append(f"tensor {name!r} matches no LoRA layer (expected {TENSOR_PATTERN})")
                 continue
             layer, module, ab = int(m.group(1)), m.group(2), m.group(3)
             if layer >= model_config.num_hidden_layers:
                 problems.append(f"{name}: layer {layer} but the model has {model_config.num_hidden_layers}")
+            if dims and module not in dims:
+                problems.append(f"tensor {name!r}: module {module!r} is not in the model")
             if module in dims and len(shape) == 2:
                 fan_in, fan_out = dims[module]
                 want = (self.config.r, fan_in) if ab == "A" else (fan_out, self.config.r)

@@ -21,7 +21,7 @@ from bricks.evaluation import exact_match_by_skill
 from bricks.fingerprint import model_fingerprint
 from bricks.library import Library
 from bricks.manifest import BaseModelRef
-from bricks.model_io import load_model, load_tokenizer
+from bricks.model_io import load_model
 from bricks.rows import InstructionRow, read_rows
 from bricks.toyworld.dataset import DatasetSizes, split_path, write_splits
 from bricks.toyworld.pretrain import PretrainConfig, pretrain
@@ -103,7 +103,7 @@ def build_world(out: Path, cfg: BuildConfig = BuildConfig(), *, progress: Progre
     base_ref = BaseModelRef(name=TOY_MODEL_NAME, fingerprint=model_fingerprint(model_dir))
     base_examples = [p for s in EMERGENT_SKILLS for p in SKILLS[s].phrasings]
     library = Library.create(stage / "library", base_model=base_ref, base_examples=base_examples,
-                             canonical_instructions=True)
+                             canonical_instructions=True, input_required=True)
 
     train_rows = read_rows(split_path(stage / "data", "single", "train"))
     bricks_report = {}

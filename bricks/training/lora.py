@@ -11,6 +11,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from bricks.errors import ConfigError
 from bricks.evaluation import exact_match_by_skill
 from bricks.prompt import DEFAULT_TEMPLATE, PromptTemplate
 from bricks.rows import InstructionRow
@@ -88,7 +89,7 @@ def train_lora(base_model, tokenizer, rows: Sequence[InstructionRow], cfg: LoraT
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if not rows:
-        raise ValueError("no training rows")
+        raise ConfigError("no training rows")
     train_rows, hold_rows = split_holdout(rows, cfg)
     torch.manual_seed(cfg.seed)
     peft_cfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,

@@ -61,18 +61,22 @@ def batch(input_path: Path = typer.Argument(..., metavar="IN", help="JSONL, CSV 
           executor: str = typer.Option("transformers", "--executor", help="transformers | vllm"),
           as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
           quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")) -> None:
-    """Run every row of IN and append one row per id to OUT; a rerun resumes where the last run stopped."""
+    """Run every row of IN and append one row per id to OUT; a rerun resumes where the last run stopped.
+
+    One job at a time per OUT (a second one is refused, naming the first one's pid); the library is pinned
+    while the job runs, and a brick removed meanwhile stops it (the rows written are kept; rerun to resume).
+    """
     from orchestrator.integrations.batch import BatchError, BatchJob, run_local
 
     if engine not in ("local", "ray"):
         fail(f"unknown engine {engine!r}; expected local or ray")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        job = BatchJob.open(input_path, out, model=model, library=library, fmt=fmt, chunk_size=chunk_size)
         if engine == "ray":
             from orchestrator.integrations.ray import import_ray
 
-            import_ray()  # a missing extra stops here, before any model loads
+            import_ray()  # a missing extra stops here, before the output is claimed or any model loads
+        job = BatchJob.open(input_path, out, model=model, library=library, fmt=fmt, chunk_size=chunk_size)
     except (BatchError, *user_errors()) as e:
         fail(first_line(e))
     bad = sum(r.error is not None for r in job.input.rows)
@@ -97,8 +101,6 @@ def batch(input_path: Path = typer.Argument(..., metavar="IN", help="JSONL, CSV 
         if bar is not None:
             bar.start()
         if job.remaining == 0:
-            from orchestrator.integrations.batch import run_local
-
             summary = run_local(job, None, progress=progress)
         elif engine == "ray":
             from orchestrator.integrations.ray import run_ray
@@ -121,6 +123,8 @@ def batch(input_path: Path = typer.Argument(..., metavar="IN", help="JSONL, CSV 
         if bar is not None:
             bar.stop()
         fail(first_line(e))
+    finally:
+        job.close()  # the output's lock (the OS drops it anyway if this process is killed)
     if bar is not None:
         bar.stop()
     _print_summary(summary, as_json)

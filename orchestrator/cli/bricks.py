@@ -29,6 +29,11 @@ EvalEveryOpt = typer.Option(250, "--eval-every", help="Measure the held-out part
 SeedOpt = typer.Option(0, "--seed")
 EvalDataOpt = typer.Option(None, "--eval-data", help="A JSONL test split to measure the brick on as well.")
 JsonOpt = typer.Option(False, "--json", help="Print JSON for machines.")
+ForceOpt = typer.Option(False, "--force", help="Add an adapter that matches the model only partly (one that "
+                                               "matches nothing is always refused).")
+CheckModelOpt = typer.Option(None, "--model", help="HF model folder whose config the adapter is checked against "
+                                                   "(default: the toy world's model for the toy world's library; "
+                                                   "else the LoRA layer-name pattern).")
 
 
 def _library(library: Path | None):
@@ -41,6 +46,20 @@ def _model_dir(model: Path | None) -> Path:
     from bricks.toyworld.paths import world_model_dir
 
     return Path(model) if model is not None else world_model_dir()
+
+
+def _check_config(model: Path | None, library: Path | None):
+    """The transformers config that an added adapter is checked against: `--model`'s, the toy world model's for
+    the toy world library, else None (tensor names are then checked against the LoRA layer pattern)."""
+    if model is None and library is not None:
+        return None
+    from transformers import AutoConfig
+
+    folder = _model_dir(model)
+    try:
+        return AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        fail(f"--model {str(folder)!r} has no readable model config ({first_line(e)})")
 
 
 def _sync_index(lib, index: bool) -> None:
@@ -137,7 +156,7 @@ def bricks_update(brick_id: str = typer.Argument(..., help="The brick to give a 
                   eval_data: Optional[Path] = EvalDataOpt, steps: int = StepsOpt, lr: float = LrOpt,
                   rank: int = RankOpt, batch_size: int = BatchOpt, target: float = TargetOpt,
                   eval_every: int = EvalEveryOpt, seed: int = SeedOpt, index: bool = IndexOpt,
-                  as_json: bool = JsonOpt) -> None:
+                  as_json: bool = JsonOpt, force: bool = ForceOpt) -> None:
     """Add a new version of a brick (trained on --data, or from --artifact); it becomes active, old ones stay."""
     if (data is None) == (artifact is None):
         fail("give exactly one of --data ROWS.jsonl or --artifact FOLDER")
@@ -154,7 +173,7 @@ def bricks_update(brick_id: str = typer.Argument(..., help="The brick to give a 
         found = BrickManifest.from_file(Path(artifact) / "brick.json").id
         if found != brick_id:
             fail(f"--artifact {str(artifact)!r} holds brick {found!r}, not {brick_id!r}")
-        brick = lib.update(artifact)
+        brick = lib.update(artifact, model_config=_check_config(model, library), force=force)
         _sync_index(lib, index)
     except user_errors() as e:
         fail(first_line(e))
@@ -163,11 +182,13 @@ def bricks_update(brick_id: str = typer.Argument(..., help="The brick to give a 
 
 @bricks_app.command("add")
 def bricks_add(folder: Path = typer.Argument(..., help="A brick folder (brick.json + artifacts)."),
-               library: Optional[Path] = LibraryOpt, index: bool = IndexOpt) -> None:
-    """Verify a brick folder against its manifest and add it as a new brick; an existing id is refused."""
+               library: Optional[Path] = LibraryOpt, index: bool = IndexOpt, model: Optional[Path] = CheckModelOpt,
+               force: bool = ForceOpt) -> None:
+    """Verify a brick folder against its manifest and the model and add it as a new brick; an existing id, or an
+    adapter whose tensors match no module of the model (or only some, without --force), is refused."""
     try:
         lib = _library(library)
-        brick = lib.add(folder)
+        brick = lib.add(folder, model_config=_check_config(model, library), force=force)
         _sync_index(lib, index)
     except user_errors() as e:
         fail(first_line(e))

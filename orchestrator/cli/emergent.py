@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from bricks.errors import ConfigError
 from orchestrator.cli.root import LibraryOpt, ModelOpt, app, bricks_app, fail, first_line, user_errors
 
 __all__ = ["discover", "analyze"]
@@ -33,7 +34,7 @@ def _skill_prompts(path: Path, skills: Optional[str]) -> tuple[list[tuple[str, s
         if r.instruction not in instructions[r.skills[0]]:
             instructions[r.skills[0]].append(r.instruction)
     if not pairs:
-        raise ValueError(f"{path}: no single-skill rows (rows need `skills` with one skill id)")
+        raise ConfigError(f"{path}: no single-skill rows (rows need `skills` with one skill id)")
     return pairs, instructions
 
 
@@ -76,17 +77,16 @@ def discover(data: Path = typer.Option(..., "--data", help="JSONL rows with inst
     from bricks.emergent.discover import CRITERIA, cluster_neurons, down_proj_norms, supervised_masks
     from bricks.emergent.export import write_mask_brick
     from bricks.emergent.masking import mask_density
-    from bricks.toyworld.paths import world_model_dir
-    from orchestrator.factory import open_library, open_planner
+    from orchestrator.factory import model_dir, open_library, open_planner
 
     try:
         if mode not in ("supervised", "unsupervised"):
-            raise ValueError(f"unknown mode {mode!r}; expected supervised or unsupervised")
+            raise ConfigError(f"unknown mode {mode!r}; expected supervised or unsupervised")
         if mode == "supervised" and criterion not in CRITERIA:
-            raise ValueError(f"unknown criterion {criterion!r}; expected one of {', '.join(CRITERIA)}")
+            raise ConfigError(f"unknown criterion {criterion!r}; expected one of {', '.join(CRITERIA)}")
         lib = open_library(library)
         pairs, instructions = _skill_prompts(data, skills)
-        net, _, prof = _profile(model or world_model_dir(), pairs, "profiling",
+        net, _, prof = _profile(model_dir(model), pairs, "profiling",
                                 attribution=mode == "supervised" and criterion == "attribution")
         L, I = net.config.num_hidden_layers, net.config.intermediate_size
         found = []
@@ -135,11 +135,11 @@ def analyze(data: Path = typer.Option(..., "--data", help="JSONL rows (instructi
             profile_data: Optional[Path] = typer.Option(None, "--profile-data",
                                                         help="Rows to profile (default: the even rows of --data).")) -> None:
     """Activation sparsity, skill x cluster specialization, ablation and keep-only matrices (PNG + markdown)."""
-    from bricks.toyworld.paths import world_model_dir
     from orchestrator.analysis import run_analysis
+    from orchestrator.factory import model_dir
 
     try:
-        summary = run_analysis(model or world_model_dir(), data, out, budget=budget, keep_budget=keep_budget, k=k,
+        summary = run_analysis(model_dir(model), data, out, budget=budget, keep_budget=keep_budget, k=k,
                                limit=limit, skill_prompts=_skill_prompts, profile=_profile, only=skills,
                                profile_data=profile_data, keep_criterion=keep_criterion)
     except user_errors() as e:

@@ -22,6 +22,7 @@ def _emit_result(result, as_json: bool) -> None:
         typer.echo(result.model_dump_json(indent=2))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -30,30 +31,44 @@ def _emit_result(result, as_json: bool) -> None:
         table.add_column(col)
     for s in result.steps:
         bricks = ", ".join(f"{b.key} ({b.score:.2f})" if b.score is not None else b.key for b in s.bricks) or "base"
-        table.add_row(str(s.index), s.instruction, s.input, bricks, s.output)
+        table.add_row(str(s.index), escape(s.instruction), escape(s.input), bricks,
+                      escape(s.output) if s.error is None else f"[red]failed: {escape(s.error)}[/red]")
     console.print(table)
-    console.print(f"[bold]output:[/bold] {result.output}")
+    if result.error is None:
+        console.print(f"[bold]output:[/bold] {escape(result.output)}")
 
 
 @app.command()
 def run(instruction: Optional[str] = typer.Argument(None, help="What to do."),
-        input: str = typer.Option("", "--input", "-i", help="The task's input text."),
+        input: Optional[str] = typer.Option(None, "--input", "-i", help="The task's input text."),
         plan_file: Optional[Path] = typer.Option(None, "--plan", help="Run this plan JSON instead of planning."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt,
         executor: str = typer.Option("transformers", "--executor", help="transformers | vllm")) -> None:
-    """Plan and run an instruction; print the answer and the plan."""
+    """Plan and run an instruction; print the answer and the plan. Exit status 1 when a step fails."""
+    from orchestrator.factory import open_library
     from orchestrator.plan import Plan
+    from orchestrator.validation import check_text
 
     try:
+        if plan_file is not None and not plan_file.is_file():
+            fail(f"--plan {str(plan_file)!r} is {'a directory' if plan_file.is_dir() else 'missing'}; "
+                 "expected a plan JSON file")
         plan = Plan.from_json(plan_file.read_bytes()) if plan_file else None
         if plan is None and instruction is None:
             fail("give an INSTRUCTION or --plan FILE")
+        if plan is None:
+            check_text(instruction, "instruction")
+        if plan is None and input is None and open_library(library).config.input_required:
+            fail(f"{instruction!r} needs an input: give --input TEXT (--input '' runs on an empty one)")
         with _orchestrator(model, library, executor) as orc:
             result = orc.run_plan(plan) if plan else orc.run(instruction, input)
     except user_errors() as e:
         fail(first_line(e))
     _emit_result(result, as_json)
+    if result.error:
+        typer.echo(f"error: {result.error}", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

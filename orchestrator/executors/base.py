@@ -10,7 +10,8 @@ from typing import Protocol, runtime_checkable
 from bricks.errors import BrickworkError
 from orchestrator.plan import BrickConfig, Decoding
 
-__all__ = ["GenerationRequest", "Executor", "UnsupportedConfigError", "group_requests", "config_masks", "reason"]
+__all__ = ["GenerationRequest", "Executor", "UnsupportedConfigError", "group_requests", "config_masks", "reason",
+           "context_length", "context_problems"]
 
 
 class UnsupportedConfigError(BrickworkError):
@@ -45,6 +46,30 @@ class Executor(Protocol):
         """Release the model and any worker processes."""
         ...
 
+    # Optional: `prompt_problems(requests) -> list[str | None]`, why each prompt cannot run (too long for the
+    # model's context) or None. The Orchestrator refuses those requests one by one instead of submitting them.
+
+
+def context_length(model_config, max_model_len: int | None = None) -> int | None:
+    """The most tokens (prompt + generated) a model attends to: `max_model_len` when set, else the config's."""
+    if max_model_len is not None:
+        return max_model_len
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(model_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def context_problems(tokenizer, context: int | None, requests: Sequence[GenerationRequest]) -> list[str | None]:
+    """For each request, why its prompt plus `max_new_tokens` does not fit `context` tokens, or None."""
+    if context is None or not requests:
+        return [None] * len(requests)
+    lengths = [len(ids) for ids in tokenizer([r.prompt for r in requests]).input_ids]
+    return [None if n + r.decoding.max_new_tokens <= context else
+            f"the prompt is {n} tokens and max_new_tokens is {r.decoding.max_new_tokens}: more than the model's "
+            f"context of {context} tokens" for n, r in zip(lengths, requests)]
+
 
 def group_requests(requests: Sequence[GenerationRequest]) -> dict[tuple[str, Decoding], list[int]]:
     """Request indices grouped by (brick configuration key, decoding), in first-seen order."""
@@ -60,12 +85,14 @@ def config_masks(library, config: BrickConfig, model_config, cache: dict | None 
     if not config.masks:
         return None
     from bricks.ffn_mask import FfnMaskBrick, combine_masks
+    from bricks.integrity import check_brick
 
     cache = {} if cache is None else cache
     loaded = []
     for ref in config.masks:
         if ref.key not in cache:
             brick = library.get(ref.id, ref.version)
+            check_brick(brick)  # checksums, safetensors header, no symlinks (IntegrityError / UnsafeArtifactError)
             mask_brick = FfnMaskBrick.from_dir(brick.path, brick.manifest)
             mask_brick.check_fits(model_config)
             cache[ref.key] = mask_brick.masks()

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import re
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from bricks.generation import generate_texts
+from bricks.lora.merge_cache import MergeCache, MergeStats
 from bricks.model_io import load_model, load_tokenizer
-from orchestrator.executors.base import GenerationRequest, UnsupportedConfigError, config_masks, group_requests, reason
+from orchestrator.executors.base import (GenerationRequest, UnsupportedConfigError, config_masks, context_length,
+                                         context_problems, group_requests, reason)
 from orchestrator.plan import BrickConfig
 
 __all__ = ["TransformersExecutor", "MergeStats"]
@@ -25,13 +27,9 @@ def _adapter_name(key: str) -> str:
     return "b_" + re.sub(r"[^A-Za-z0-9_]", "_", key)  # PEFT adapter names become module keys: no dots
 
 
-@dataclass
-class MergeStats:
-    """How often merged adapters were computed, and reused from the cache."""
-
-    merges: int = 0
-    hits: int = 0
-    merge_ms: float = 0.0
+def _merged_name(lora_key: str) -> str:
+    """The PEFT adapter name of a merged adapter: a digest, so two merge keys never share a name."""
+    return "m_" + hashlib.sha256(lora_key.encode("utf-8")).hexdigest()[:24]
 
 
 class TransformersExecutor:
@@ -39,13 +37,17 @@ class TransformersExecutor:
 
     LoRA bricks are loaded into one PeftModel on first use and kept; several bricks in one step are combined
     with PEFT's `add_weighted_adapter` (cat, svd, linear, ties, dare_linear, dare_ties, ...), and the combined
-    adapter is cached by (bricks, weights, method, density): a merge is computed once (`merge_stats`).
+    adapter is cached by (bricks, weights, method, density): a merge is computed once while it stays in the cache,
+    which holds at most `merge_cache_size` merged adapters and `merge_cache_bytes` of their weights (None: no
+    byte bound); the least recently used one is deleted from the model beyond that (`merge_stats`: merges, hits,
+    misses, evictions, size, bytes).
     """
 
     name = "transformers"
 
     def __init__(self, model_dir: Path, library, *, dtype: str = "auto", batch_size: int = 256,
-                 trust_remote_code: bool = False, merge_seed: int = 0, compact: bool = True) -> None:
+                 trust_remote_code: bool = False, merge_seed: int = 0, compact: bool = True,
+                 merge_cache_size: int = 16, merge_cache_bytes: int | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.library = library
         self.batch_size = batch_size
@@ -56,18 +58,26 @@ class TransformersExecutor:
         self.compact = compact  # emergent bricks without LoRA run as smaller FFN matrices (fewer FLOPs)
         self._mask_cache: dict[str, dict] = {}
         self._fits: set[str] = set()  # brick keys checked against the model
-        self.merge_stats = MergeStats()
+        self._merges: MergeCache[str, str] = MergeCache(merge_cache_size, merge_cache_bytes, self._drop_merged)
+        self.merge_stats: MergeStats = self._merges.stats
         self._lock = threading.Lock()
 
     @property
     def model_config(self):
         return self.model.config
 
+    def prompt_problems(self, requests: Sequence[GenerationRequest]) -> list[str | None]:
+        """Why each request's prompt does not fit the model's context, or None (see `context_problems`)."""
+        return context_problems(self.tokenizer, context_length(self.model.config), requests)
+
     # -- adapters ---------------------------------------------------------------------------------------
     def _brick_folder(self, brick_id: str, version: int) -> Path:
         from bricks.lora import LoraBrick
 
+        from bricks.integrity import check_brick
+
         brick = self.library.get(brick_id, version)
+        check_brick(brick)  # checksums, safetensors header, no symlinks: a bad file fails here, named, not as garbage
         LoraBrick.from_dir(brick.path, brick.manifest).check_fits(self.model.config)
         return brick.path
 
@@ -96,16 +106,18 @@ class TransformersExecutor:
         if len(names) == 1 and config.merge == "single":
             target = names[0]
         else:
-            target = _adapter_name(config.lora_key)
-            if target in self._loaded:
-                self.merge_stats.hits += 1
-            else:
-                self._merge(names, [b.weight for b in loras], target, config)
+            target = self._merges.get(config.lora_key)
+            if target is None:
+                target = _merged_name(config.lora_key)
+                nbytes = self._merge(names, [b.weight for b in loras], target, config)
+                self._merges.put(config.lora_key, target, nbytes)  # may delete least recently used merges
         self.model.set_adapter(target)
         return target
 
-    def _merge(self, names: list[str], weights: list[float], target: str, config: BrickConfig) -> None:
+    def _merge(self, names: list[str], weights: list[float], target: str, config: BrickConfig) -> int:
+        """Add the merged adapter `target` to the model; returns the bytes of its weights."""
         import torch
+        from peft.utils import get_peft_model_state_dict
 
         t = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
@@ -117,6 +129,15 @@ class TransformersExecutor:
         self.merge_stats.merges += 1
         self.merge_stats.merge_ms += ms
         log.info("merged %s in %.1f ms", config.lora_key, ms)
+        weights = get_peft_model_state_dict(self.model, adapter_name=target)
+        return sum(v.numel() * v.element_size() for v in weights.values())
+
+    def _drop_merged(self, lora_key: str, name: str) -> None:
+        """Delete an evicted merged adapter from the model (the merge cache's `on_evict`)."""
+        self._loaded.discard(name)
+        if self.model is not None and name in getattr(self.model, "peft_config", {}):
+            self.model.delete_adapter(name)
+        log.info("merge cache: deleted merged adapter %s", lora_key)
 
     # -- Executor ---------------------------------------------------------------------------------------
     def _base_only(self):
@@ -156,6 +177,7 @@ class TransformersExecutor:
                     self._fits.add(b.key)
                 except (BrickError, KeyError, ValueError) as e:
                     problems.add(f"brick {b.key}: {reason(e)}")
+        problems.update(f"request {i}: {p}" for i, p in enumerate(self.prompt_problems(requests)) if p)
         if problems:
             raise UnsupportedConfigError("transformers executor cannot run: " + "; ".join(sorted(problems)))
 

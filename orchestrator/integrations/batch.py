@@ -1,219 +1,58 @@
 """Batch jobs: run every row of an instruction file (JSONL, CSV, Parquet) and write one output row per id.
 
-A job reads rows of `id`, `instruction`, optional `input` and optional gold `output`, and appends rows of
-`id`, `output`, `steps` (the bricks of each step) and `error` (null or a message) to a JSONL output file.
+A job reads rows of `id`, `instruction`, optional `input` and optional gold `output` (`batch_rows`), and appends
+rows of `id`, `output`, `steps` (the bricks of each step) and `error` (null or a message) to a JSONL output file.
 
-- Rows that cannot run (malformed JSON, no instruction, a bad value) become error rows; the job goes on.
+- Rows that cannot run (malformed JSON, no instruction, text that is not UTF-8, a bad value) become error rows;
+  the job goes on.
 - The output belongs to one job: a sidecar `OUT.job.json` holds the job's identity (a hash of the input file's
-  bytes and the fingerprints of the model and the library), and an output of another job is refused.
+  bytes and the fingerprints of the model and the library), and an output of another job is refused. One job
+  at a time: `OUT.lock` is locked while a job has the output open (`batch_guard.OutputLock`).
 - Resumable: rows are written a chunk at a time, each line a complete JSON object, flushed and fsynced. A
   rerun drops a trailing partial line and skips the ids already written, so a job killed at any moment (even
   with kill -9) loses and duplicates nothing.
 - Chunks are fixed slices of the input (rows `k*C .. (k+1)*C`); a chunk that was cut short is run again
   whole and only its missing ids are written, so every row is computed in the same batch as in an
   uninterrupted run, and a resumed job writes the same outputs.
+- The library is pinned: the orchestrator does not follow library changes while the job runs, and a chunk
+  routed to a brick version that was removed meanwhile is not written: the job stops with a BatchError, keeps
+  the rows written, and its identity takes the library as it is now, so a rerun resumes with it.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NoReturn
 
-from bricks.errors import BrickworkError
-from orchestrator.validation import InputError, check_text
+from orchestrator.integrations.batch_guard import LibraryPin, OutputLock
+from orchestrator.integrations.batch_rows import (
+    FORMATS,
+    BatchError,
+    InputFile,
+    TaskRow,
+    detect_format,
+    encode_rows,
+    read_tasks,
+    task_from_mapping,
+)
 
 __all__ = ["BatchError", "TaskRow", "InputFile", "BatchJob", "BatchSummary", "read_tasks", "run_chunk",
-           "run_local", "FORMATS", "DEFAULT_CHUNK_SIZE"]
+           "run_local", "pinned", "job_identity", "identity_for", "FORMATS", "DEFAULT_CHUNK_SIZE",
+           "detect_format", "task_from_mapping"]
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("jsonl", "csv", "parquet")
-_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 DEFAULT_CHUNK_SIZE = 1024
 JOB_FORMAT = 1
-
-
-class BatchError(BrickworkError):
-    """The job cannot start or go on (an unreadable input, an output of another job); one line naming the value."""
-
-
-@dataclass(frozen=True)
-class TaskRow:
-    """One input row: a task to run, or, when `error` is set, a row that becomes an error row."""
-
-    id: str
-    instruction: str = ""
-    input: str = ""
-    gold: str | None = None
-    error: str | None = None
-    where: str = ""  # "line 7" / "row 7": for messages
-
-
-@dataclass(frozen=True)
-class InputFile:
-    """The rows of an input file, in file order, and the sha256 of its bytes."""
-
-    path: Path
-    format: str
-    rows: tuple[TaskRow, ...]
-    sha256: str
-
-
-# -- reading ----------------------------------------------------------------------------------------------
-def detect_format(path: Path, fmt: str | None = None) -> str:
-    """`fmt` if given, else from the suffix (.jsonl/.ndjson, .csv, .parquet/.pq)."""
-    if fmt is not None:
-        if fmt not in FORMATS:
-            raise BatchError(f"unknown input format {fmt!r}; expected one of {', '.join(FORMATS)}")
-        return fmt
-    found = _SUFFIXES.get(Path(path).suffix.lower())
-    if found is None:
-        raise BatchError(f"cannot tell the format of {str(path)!r} from its suffix {Path(path).suffix!r}; "
-                         f"give --format ({', '.join(FORMATS)})")
-    return found
-
-
-def _text_field(obj: Mapping, key: str) -> str | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise InputError(f"field {key} must be a string, got {type(value).__name__}")
-    return value if isinstance(value, str) else str(value)
-
-
-def task_from_mapping(obj: object, number: int, where: str) -> TaskRow:
-    """A TaskRow from one parsed row; a row that cannot run becomes a TaskRow with `error` set.
-
-    A missing or empty `id` is the row's number in the file (1-based line for JSONL, data row for CSV/Parquet).
-    """
-    if not isinstance(obj, Mapping):
-        return TaskRow(id=f"<{where}>", error=f"{where}: expected an object, got {type(obj).__name__}", where=where)
-    raw_id = obj.get("id")
-    if raw_id is None or raw_id == "":
-        row_id = str(number)
-    elif isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool):
-        row_id = str(raw_id)
-    else:
-        return TaskRow(id=f"<{where}>", error=f"{where}: id must be a string or an integer, got {raw_id!r}",
-                       where=where)
-    try:
-        instruction = _text_field(obj, "instruction")
-        if instruction is None:
-            raise InputError("missing field instruction")
-        instruction = check_text(instruction, "instruction")
-        text = check_text(_text_field(obj, "input") or "", "input", allow_empty=True)
-        gold = _text_field(obj, "output")
-    except InputError as e:
-        return TaskRow(id=row_id, error=f"{where}: {e}", where=where)
-    return TaskRow(id=row_id, instruction=instruction, input=text, gold=gold, where=where)
-
-
-def _salvaged_id(raw: bytes) -> str | None:
-    """The id of a line that is not UTF-8, when the rest of it parses, so its error row keeps its id."""
-    try:
-        obj = json.loads(raw.decode("utf-8", "replace"))
-    except ValueError:
-        return None
-    row_id = obj.get("id") if isinstance(obj, dict) else None
-    if isinstance(row_id, bool) or not isinstance(row_id, (str, int)) or row_id == "":
-        return None
-    return str(row_id) if "\ufffd" not in str(row_id) else None
-
-
-def _jsonl_rows(data: bytes) -> Iterator[TaskRow]:
-    for n, raw in enumerate(data.split(b"\n"), start=1):
-        if not raw.strip():
-            continue
-        where = f"line {n}"
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            yield TaskRow(id=_salvaged_id(raw) or f"<{where}>", where=where,
-                          error=f"{where}: not UTF-8 (bad byte 0x{raw[e.start]:02x} at column {e.start + 1})")
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            yield TaskRow(id=f"<{where}>", error=f"{where}: malformed JSON ({e.msg} at column {e.colno})",
-                          where=where)
-            continue
-        yield task_from_mapping(obj, n, where)
-
-
-def _csv_rows(data: bytes, path: Path) -> Iterator[TaskRow]:
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise BatchError(f"{path}: not UTF-8 (bad byte 0x{data[e.start]:02x} on line {line}); "
-                         "save it as UTF-8") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if reader.fieldnames is None or "instruction" not in reader.fieldnames:
-        raise BatchError(f"{path}: no 'instruction' column (columns: {reader.fieldnames or []})")
-    for n, obj in enumerate(reader, start=1):
-        if None in obj:  # more cells than columns
-            yield TaskRow(id=f"<row {n}>", error=f"row {n}: {len(obj[None])} more cell(s) than columns",
-                          where=f"row {n}")
-            continue
-        cleaned = {k: (v if v != "" or k in ("instruction", "input") else None) for k, v in obj.items()}
-        yield task_from_mapping(cleaned, n, f"row {n}")
-
-
-def _parquet_rows(path: Path) -> Iterator[TaskRow]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise BatchError("reading Parquet needs pyarrow: pip install 'brickwork[parquet]'") from None
-    try:
-        table = pq.read_table(path)
-    except Exception as e:  # noqa: BLE001 (pyarrow raises several types for a bad file)
-        raise BatchError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
-    if "instruction" not in table.column_names:
-        raise BatchError(f"{path}: no 'instruction' column (columns: {table.column_names})")
-    for n, obj in enumerate(table.to_pylist(), start=1):
-        yield task_from_mapping(obj, n, f"row {n}")
-
-
-def read_tasks(path: Path, fmt: str | None = None) -> InputFile:
-    """Every row of an input file; rows that cannot run are TaskRows with `error` set.
-
-    Refused with a BatchError (one line): a missing file, an unknown format, a CSV that is not UTF-8 or has
-    no instruction column, an unreadable Parquet file, duplicate ids, a file without rows.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise BatchError(f"{path}: no such file")
-    fmt = detect_format(path, fmt)
-    data = path.read_bytes()
-    if fmt == "jsonl":
-        rows = list(_jsonl_rows(data))
-    elif fmt == "csv":
-        rows = list(_csv_rows(data, path))
-    else:
-        rows = list(_parquet_rows(path))
-    if not rows:
-        raise BatchError(f"{path}: no rows")
-    seen: dict[str, str] = {}
-    duplicates = []
-    for r in rows:
-        if r.id in seen:
-            duplicates.append(f"{r.id!r} ({seen[r.id]} and {r.where})")
-        else:
-            seen[r.id] = r.where
-    if duplicates:
-        more = f" and {len(duplicates) - 3} more" if len(duplicates) > 3 else ""
-        raise BatchError(f"{path}: duplicate id {', '.join(duplicates[:3])}{more}; every id must be unique")
-    return InputFile(path=path, format=fmt, rows=tuple(rows), sha256=hashlib.sha256(data).hexdigest())
 
 
 # -- running ----------------------------------------------------------------------------------------------
@@ -233,13 +72,13 @@ def run_chunk(orc, rows: Sequence[TaskRow]) -> list[dict]:
     results: list[object] = []
     if valid:
         try:
-            results = list(orc.run_batch([(r.instruction, r.input) for r in valid]))
+            results = list(orc.run_batch([(r.instruction, r.input or "") for r in valid]))
         except Exception as e:  # noqa: BLE001 (isolated below)
             log.warning("a chunk of %d rows failed (%s); running each row alone", len(valid), e)
             results = []
             for r in valid:
                 try:
-                    results.append(orc.run_batch([(r.instruction, r.input)])[0])
+                    results.append(orc.run_batch([(r.instruction, r.input or "")])[0])
                 except Exception as e1:  # noqa: BLE001 (becomes this row's error)
                     results.append(e1)
     by_id = dict(zip((r.id for r in valid), results))
@@ -256,20 +95,38 @@ def run_chunk(orc, rows: Sequence[TaskRow]) -> list[dict]:
     return out
 
 
+def _job_hash(ident: dict) -> str:
+    keys = ("input_sha256", "model_fingerprint", "library_fingerprint")
+    return hashlib.sha256(json.dumps({k: ident[k] for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def identity_for(inp: InputFile, model_fingerprint: str, model_dir: Path, library) -> dict:
+    """The identity of the job running `inp` on a model (by fingerprint) and an open `Library`."""
+    from orchestrator.library_index import index_fingerprint
+
+    ident = {"input_sha256": inp.sha256, "model_fingerprint": model_fingerprint,
+             "library_fingerprint": index_fingerprint(library)}
+    return {"format": JOB_FORMAT, "job": _job_hash(ident), **ident, "input": str(inp.path.resolve()),
+            "model": str(model_dir), "library": str(library.path)}
+
+
+def _inputs_required(inp: InputFile) -> InputFile:
+    """`inp` with each runnable row that has no input field made an error row (as `brickwork run` without
+    --input is refused for a library whose tasks all need an input); an empty input ("") still runs."""
+    rows = tuple(replace(r, error=f"{r.where} (id {r.id!r}): missing field input; this library's tasks need an "
+                                  'input (give "input": "" to run on an empty one)')
+                 if r.error is None and r.input is None else r for r in inp.rows)
+    return replace(inp, rows=rows)
+
+
 def job_identity(inp: InputFile, model: Path | None, library: Path | None) -> dict:
     """What makes two runs the same job: the input bytes, the model weights, the library (bricks, base skills)."""
     from bricks.fingerprint import model_fingerprint
-    from bricks.toyworld.paths import world_model_dir
+    from orchestrator.factory import model_dir as resolve_model
     from orchestrator.factory import open_library
-    from orchestrator.library_index import index_fingerprint
 
-    model_dir = Path(model) if model is not None else world_model_dir()
-    lib = open_library(library)
-    ident = {"input_sha256": inp.sha256, "model_fingerprint": model_fingerprint(model_dir),
-             "library_fingerprint": index_fingerprint(lib)}
-    job = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-    return {"format": JOB_FORMAT, "job": job, **ident, "input": str(inp.path.resolve()), "model": str(model_dir),
-            "library": str(lib.path)}
+    model_dir = resolve_model(model)
+    return identity_for(inp, model_fingerprint(model_dir), model_dir, open_library(library))
 
 
 def _sidecar(out: Path) -> Path:
@@ -306,7 +163,31 @@ class BatchJob:
         self.identity = identity
         self.chunk_size = chunk_size
         self.done: set[str] = set()
-        self._open()
+        self.lock = OutputLock(self.out)
+        self.pin: LibraryPin | None = None
+        if self.out.resolve() == self.input.path.resolve():
+            raise BatchError(f"the output {str(self.out)!r} is the input file; choose another -o")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()  # before the output is read or repaired: one job at a time
+        try:
+            self._open()
+            if identity.get("library") is not None:
+                self.pin = LibraryPin(Path(identity["library"]))
+                if getattr(self.pin.library.config, "input_required", False):
+                    self.input = _inputs_required(self.input)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def close(self) -> None:
+        """Release the output (its lock); the job object is not used after this."""
+        self.lock.release()
+
+    def __enter__(self) -> "BatchJob":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @classmethod
     def open(cls, input_path: Path, out: Path, *, model: Path | None = None, library: Path | None = None,
@@ -320,8 +201,6 @@ class BatchJob:
         from bricks.atomic import atomic_write_text
 
         side = _sidecar(self.out)
-        if self.out.resolve() == self.input.path.resolve():
-            raise BatchError(f"the output {str(self.out)!r} is the input file; choose another -o")
         if side.is_file():
             try:
                 theirs = json.loads(side.read_text(encoding="utf-8"))
@@ -332,11 +211,12 @@ class BatchJob:
                         if theirs.get(k) != self.identity[k]]
                 raise BatchError(f"{self.out} belongs to another job (input {theirs.get('input')!r}; differs in "
                                  f"{', '.join(what) or 'job id'}); choose another -o or delete {self.out} and {side}")
+            if theirs.get("library_changes"):  # resumed after the library changed under an earlier run
+                self.identity = {**self.identity, "library_changes": theirs["library_changes"]}
         elif self.out.exists() and self.out.stat().st_size > 0:
             raise BatchError(f"{self.out} exists and was not written by a brickwork batch job (no {side.name}); "
                              "choose another -o or delete it")
         else:
-            self.out.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(side, json.dumps(self.identity, indent=2) + "\n")
         self.out.touch(exist_ok=True)
         self.done = self._recover()
@@ -379,17 +259,41 @@ class BatchJob:
         return sum(r.id not in self.done for r in self.input.rows)
 
     def write(self, out_rows: Iterable[dict]) -> int:
-        """Append the rows whose ids are not written yet, as complete lines, then flush and fsync."""
+        """Append the rows whose ids are not written yet, as complete lines, then flush and fsync.
+
+        Rows routed to a brick version that left the library meanwhile are not written: `library_changed`.
+        """
         fresh = [r for r in out_rows if r["id"] not in self.done]
         if not fresh:
             return 0
-        blob = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fresh).encode("utf-8")
+        if self.pin is not None:
+            gone = self.pin.removed(b for r in fresh for step in r["steps"] for b in step["bricks"])
+            if gone is not None:
+                self.library_changed(f"brick {gone} was removed from the library while the job ran")
+        blob = encode_rows(fresh)
         with open(self.out, "ab") as f:
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
         self.done.update(r["id"] for r in fresh)
         return len(fresh)
+
+    def library_changed(self, what: str) -> NoReturn:
+        """Stop the job: the rows written are kept, and the job's identity takes the library as it is now, so a
+        rerun resumes with it (the change is recorded in `OUT.job.json`)."""
+        from bricks.atomic import atomic_write_text
+
+        before = self.identity.get("library_fingerprint")
+        if self.pin is not None:
+            now = self.pin.fingerprint()
+            changes = [*self.identity.get("library_changes", []),
+                       {"reason": what, "library_fingerprint": before, "rows_written": len(self.done)}]
+            self.identity = {**self.identity, "library_fingerprint": now, "library_changes": changes}
+            self.identity["job"] = _job_hash(self.identity)
+            atomic_write_text(_sidecar(self.out), json.dumps(self.identity, indent=2) + "\n")
+        log.warning("batch job on %s stopped: %s", self.out, what)
+        raise BatchError(f"{what}; the {len(self.done)} rows written are kept in {self.out}; "
+                         "rerun to resume with the library as it is now")
 
     def summary(self, *, written: int, skipped: int, seconds: float) -> BatchSummary:
         """Counted over the whole output file, so a resumed job reports the whole job."""
@@ -414,14 +318,48 @@ class BatchJob:
 Progress = Callable[[int, int], None]  # (rows written so far by this run, rows this run has to write)
 
 
+@contextmanager
+def pinned(orc, job: BatchJob) -> Iterator[None]:
+    """While the job runs, `orc` routes with the library as the job found it (no reload on library changes).
+
+    An orchestrator over another library than the job's is refused; one whose library changed since the job
+    was opened stops the job (`BatchJob.library_changed`).
+    """
+    if orc is None or not hasattr(orc, "reload_on_change"):
+        yield
+        return
+    from orchestrator.library_index import index_fingerprint
+
+    planner = getattr(orc, "planner", None)
+    if planner is not None and job.pin is not None and Path(planner.library.path).resolve() != job.pin.path:
+        raise BatchError(f"the orchestrator's library {str(planner.library.path)!r} is not the job's library "
+                         f"{str(job.pin.path)!r}")
+    previous = orc.__dict__.get("reload_on_change")
+    orc.reload_on_change = False
+    try:
+        if planner is not None and job.pin is not None and \
+                index_fingerprint(planner.library) != job.identity.get("library_fingerprint"):
+            job.library_changed("the library changed between opening the job and loading the orchestrator")
+        yield
+    finally:
+        if previous is None:
+            del orc.reload_on_change
+        else:
+            orc.reload_on_change = previous
+
+
 def run_local(job: BatchJob, orc, progress: Progress | None = None) -> BatchSummary:
-    """Run the job's pending chunks one after another on one Orchestrator, appending as each chunk ends."""
+    """Run the job's pending chunks one after another on one Orchestrator, appending as each chunk ends.
+
+    The orchestrator is `pinned` for the job; a removed brick stops it with a BatchError (rows written are kept).
+    """
     skipped, total = len(job.done), job.remaining
     t0, written = time.perf_counter(), 0
     if progress:
         progress(0, total)
-    for _, chunk in job.pending_chunks():
-        written += job.write(run_chunk(orc, chunk))
-        if progress:
-            progress(written, total)
+    with pinned(orc, job):
+        for _, chunk in job.pending_chunks():
+            written += job.write(run_chunk(orc, chunk))
+            if progress:
+                progress(written, total)
     return job.summary(written=written, skipped=skipped, seconds=time.perf_counter() - t0)

@@ -33,9 +33,12 @@ try:
     from langchain_core.prompt_values import PromptValue
     from langchain_core.runnables import RunnableConfig, RunnableSerializable
 except ImportError as e:  # pragma: no cover (the extra is part of the test install)
-    raise ImportError("the LangChain integration needs langchain-core: pip install 'brickwork[langchain]'") from e
+    from bricks.errors import MissingExtraError
+
+    raise MissingExtraError("the LangChain integration needs langchain-core: pip install 'brickwork[langchain]'") from e
 from pydantic import ConfigDict, Field, PrivateAttr
 
+from bricks.errors import BrickworkError, ConfigError
 from orchestrator.plan import Decoding, Plan
 from orchestrator.result import Result
 
@@ -48,7 +51,7 @@ _OPEN_LOCK = threading.Lock()
 DEFAULT_MODEL_NAME = "brickwork-toyworld"
 
 
-class TaskFailed(RuntimeError):
+class TaskFailed(BrickworkError, RuntimeError):
     """A step of the plan failed; `result` holds the plan and the trace up to the failure."""
 
     def __init__(self, result: Result) -> None:
@@ -66,7 +69,7 @@ def split_task(messages: Sequence[BaseMessage], input: str | None = None) -> tup
     An explicit `input` wins over the message's `additional_kwargs["input"]`, which wins over the `Input:` line.
     """
     if not messages:
-        raise ValueError("no messages: expected at least one human message with the instruction")
+        raise ConfigError("no messages: expected at least one human message with the instruction")
     human = next((m for m in reversed(messages) if isinstance(m, HumanMessage)), messages[-1])
     text = _text(human).strip()
     if input is None and isinstance(human.additional_kwargs.get("input"), str):
@@ -93,7 +96,7 @@ def _task_of(value: Any, input: str | None = None) -> tuple[str, str]:
         return str(value[0]), str(value[1] if len(value) > 1 else "")
     if isinstance(value, (list, tuple)) and all(isinstance(m, BaseMessage) for m in value):
         return split_task(list(value), input)
-    raise ValueError(f"cannot read a task from {type(value).__name__}; expected a str, a dict with instruction "
+    raise ConfigError(f"cannot read a task from {type(value).__name__}; expected a str, a dict with instruction "
                      "and input, a prompt value or messages")
 
 

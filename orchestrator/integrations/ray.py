@@ -3,7 +3,9 @@
 Each worker actor opens one Orchestrator (transformers or vLLM inside) and runs whole chunks with
 `batch.run_chunk`; the driver appends each finished chunk to the output through the same `BatchJob`, so the
 output file, its job identity, resuming and error rows are exactly those of the local engine, and so are the
-outputs (every chunk is the same slice of the input, batched the same way).
+outputs (every chunk is the same slice of the input, batched the same way). Each worker's Orchestrator is
+pinned to the library it loaded (no reload while the job runs) and reports that library's fingerprint with
+every chunk: a worker that loaded another library than the job's stops the job (`BatchJob.library_changed`).
 
 Ray is imported here only; without it the job stops with a one-line message naming `brickwork[ray]`.
 """
@@ -42,11 +44,16 @@ class ChunkWorker:
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from orchestrator.api import Orchestrator
 
+        from orchestrator.library_index import index_fingerprint
+
         self.orc = Orchestrator.from_pretrained(model, library, executor, **executor_options)
+        self.orc.reload_on_change = False  # pinned: the library as this worker loaded it, for the whole job
+        self.library_fingerprint = index_fingerprint(self.orc.planner.library)
 
     def __call__(self, item: dict) -> dict:
         rows = [TaskRow(**r) for r in json.loads(item["rows"])]
-        return {"chunk": item["chunk"], "rows": json.dumps(run_chunk(self.orc, rows), ensure_ascii=False)}
+        return {"chunk": item["chunk"], "rows": json.dumps(run_chunk(self.orc, rows)),
+                "library": self.library_fingerprint}
 
 
 def run_ray(job: BatchJob, *, model: Path | None = None, library: Path | None = None,
@@ -89,6 +96,8 @@ def run_ray(job: BatchJob, *, model: Path | None = None, library: Path | None = 
             "executor": executor, "executor_options": dict(executor_options or {})},
             compute=ray.data.ActorPoolStrategy(size=min(workers, len(items))), **resources)
         for item in ds.iter_rows():
+            if job.pin is not None and item["library"] != job.identity.get("library_fingerprint"):
+                job.library_changed("the library changed before a Ray worker loaded it")
             written += job.write(json.loads(item["rows"]))
             if progress:
                 progress(written, total)

@@ -45,8 +45,8 @@ def reference(job_input, tmp_path_factory) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with Orchestrator.from_pretrained() as orc:
-            summary = run_local(BatchJob.open(job_input, out, chunk_size=CHUNK), orc)
+        with Orchestrator.from_pretrained() as orc, BatchJob.open(job_input, out, chunk_size=CHUNK) as job:
+            summary = run_local(job, orc)
     finally:
         torch.set_num_threads(threads)
     assert summary.written == summary.rows == 99 and summary.errors >= 3
@@ -97,7 +97,7 @@ def test_kill_9_at_random_moments_then_resume(job_input, reference, tmp_path):
 def test_rerun_of_a_finished_job_writes_nothing_and_another_input_is_refused(job_input, reference, tmp_path):
     out = tmp_path / "out.jsonl"
     out.write_text("".join(json.dumps(r) + "\n" for r in reference.values()))
-    BatchJob.open(job_input, tmp_path / "claim.jsonl")  # a real job file, to copy
+    BatchJob.open(job_input, tmp_path / "claim.jsonl").close()  # a real job file, to copy
     (tmp_path / "out.jsonl.job.json").write_bytes((tmp_path / "claim.jsonl.job.json").read_bytes())
     env = ENV
     done = subprocess.run(_cli(job_input, out), env=env, capture_output=True, text=True, timeout=300)

@@ -1,4 +1,6 @@
-"""The transformers executor on a quick toy world: adapters loaded once, switched per group, merged on demand."""
+"""The transformers executor on the shipped toy world: adapters loaded once, switched per group, merged on demand.
+
+(The CI-sized quick world answers every prompt with an empty string, which made "equal outputs" trivially true.)"""
 
 import pytest
 
@@ -7,12 +9,12 @@ from orchestrator.plan import BrickConfig, BrickRef, Decoding
 
 
 @pytest.fixture(scope="module")
-def executor(quick_world):
+def executor():
     from bricks.library import Library
+    from bricks.toyworld.paths import world_library_dir, world_model_dir
     from orchestrator.executors.transformers import TransformersExecutor
 
-    out, _ = quick_world
-    return TransformersExecutor(out / "model", Library.open(out / "library"))
+    return TransformersExecutor(world_model_dir(), Library.open(world_library_dir()))
 
 
 def _ref(executor, brick_id, weight=1.0):
@@ -31,7 +33,19 @@ def test_mixed_batch_equals_separate_runs(executor):
     mixed = executor.generate(reqs)
     alone = [executor.generate([r])[0] for r in reqs]
     assert mixed == alone
-    assert executor.generate([reqs[0]]) == executor.generate([reqs[0]])  # base after adapters: unchanged
+    assert alone[1] != alone[2]  # the adapters really differ, so "equal" above is not trivially true
+
+
+def test_base_requests_after_adapters_match_a_model_that_never_loaded_one(executor):
+    from orchestrator.executors.transformers import TransformersExecutor
+
+    d = Decoding(max_new_tokens=6)
+    caesar = BrickConfig(bricks=(_ref(executor, "caesar"),))
+    base = GenerationRequest("Reverse the text.\nIn: planet\nOut: ", BrickConfig(), d)
+    executor.generate([GenerationRequest("Apply a Caesar shift of one.\nIn: abc\nOut: ", caesar, d)])
+    assert executor._loaded  # an adapter is loaded in this model now
+    untouched = TransformersExecutor(executor.model_dir, executor.library)
+    assert executor.generate([base]) == untouched.generate([base])
 
 
 def test_adapters_are_loaded_once(executor):
@@ -49,6 +63,9 @@ def test_weighted_mixture_is_built_once_and_differs_from_parts(executor):
     n_loaded = len(executor._loaded)
     out2 = executor.generate([GenerationRequest(prompt, mix, Decoding(max_new_tokens=8))])
     assert out1 == out2 and len(executor._loaded) == n_loaded
+    parts = [executor.generate([GenerationRequest(prompt, BrickConfig(bricks=(_ref(executor, b),)),
+                                                  Decoding(max_new_tokens=8))]) for b in ("caesar", "double")]
+    assert out1 not in parts  # the mixture is its own adapter, not one of its parts
 
 
 def test_unsupported_features_reported_together(executor):

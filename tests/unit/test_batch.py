@@ -46,6 +46,12 @@ def _job(tmp_path, inp, chunk_size=4, job="j1"):
     return BatchJob(tasks, tmp_path / "out.jsonl", ident, chunk_size=chunk_size)
 
 
+def _run(tmp_path, inp, orc, chunk_size=4):
+    """Open the job, run it, release its output."""
+    with _job(tmp_path, inp, chunk_size=chunk_size) as job:
+        return run_local(job, orc)
+
+
 def _out(tmp_path):
     return [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
 
@@ -69,10 +75,9 @@ def test_bad_rows_become_error_rows(tmp_path):
     assert "malformed JSON" in rows["<line 4>"].error
     assert "expected an object" in rows["<line 6>"].error
     assert rows["7"].error is None and rows["7"].input == "12"  # no id: the line number; numbers read as text
-    assert "not UTF-8" in rows["e"].error and "0xe9" in rows["e"].error
+    assert rows["e"].error == "line 8 (id 'e'): field input is not valid UTF-8 (bad byte 0xe9 at character 3)"
     assert "must be a string" in rows["f"].error
-    job = _job(tmp_path, inp)
-    summary = run_local(job, FakeOrchestrator())
+    summary = _run(tmp_path, inp, FakeOrchestrator())
     out = {r["id"]: r for r in _out(tmp_path)}
     assert set(out) == set(rows) and summary.rows == len(rows) == summary.written
     assert out["a"] == {"id": "a", "output": "cba", "steps": [{"instruction": "Reverse the text.", "bricks": []}],
@@ -87,7 +92,7 @@ def test_refusals_name_the_problem(tmp_path):
                                                  '{"id": "x", "instruction": "c"}']))
     bad_csv = tmp_path / "b.csv"
     bad_csv.write_bytes(b"id,instruction,input\n1,Reverse the text.,caf\xe9\n")
-    with pytest.raises(BatchError, match="not UTF-8 \\(bad byte 0xe9 on line 2\\)"):
+    with pytest.raises(BatchError, match="b.csv:2: not UTF-8 \\(bad byte 0xe9 on line 2\\)"):
         read_tasks(bad_csv)
     with pytest.raises(BatchError, match="no 'instruction' column"):
         read_tasks(_write(tmp_path / "n.csv", ["id,text", "1,abc"]))
@@ -120,12 +125,14 @@ def test_resume_drops_a_partial_line_and_skips_done_ids(tmp_path):
     job = _job(tmp_path, inp)
     orc = FakeOrchestrator()
     job.write(run_chunk(orc, job.input.rows[:4]))
+    job.close()
     with open(tmp_path / "out.jsonl", "ab") as f:  # a write cut short by kill -9
         f.write(b'{"id": "r4", "outp')
     job = _job(tmp_path, inp)
     assert job.done == {"r0", "r1", "r2", "r3"}
     assert (tmp_path / "out.jsonl").read_bytes().endswith(b"}\n")
     summary = run_local(job, orc)
+    job.close()
     assert summary.skipped == 4 and summary.written == 6 and summary.accuracy == 1.0 and summary.gold_rows == 10
     ids = [r["id"] for r in _out(tmp_path)]
     assert sorted(ids) == sorted(f"r{i}" for i in range(10)) and len(ids) == 10
@@ -133,13 +140,13 @@ def test_resume_drops_a_partial_line_and_skips_done_ids(tmp_path):
     lines = (tmp_path / "out.jsonl").read_text().splitlines()
     (tmp_path / "out.jsonl").write_text("\n".join(lines[:6]) + "\n")
     orc.calls.clear()
-    assert run_local(_job(tmp_path, inp), orc).written == 4 and orc.calls == [4, 2]
-    assert run_local(_job(tmp_path, inp), orc).written == 0
+    assert _run(tmp_path, inp, orc).written == 4 and orc.calls == [4, 2]
+    assert _run(tmp_path, inp, orc).written == 0
 
 
 def test_output_of_another_job_is_refused(tmp_path):
     inp = _write(tmp_path / "in.jsonl", _rows(3))
-    run_local(_job(tmp_path, inp), FakeOrchestrator())
+    _run(tmp_path, inp, FakeOrchestrator())
     with pytest.raises(BatchError, match="belongs to another job"):
         _job(tmp_path, inp, job="j2")
     (tmp_path / "out.jsonl.job.json").unlink()
@@ -157,7 +164,7 @@ def test_a_failing_batch_is_isolated_row_by_row(tmp_path):
         '{"id": "failed", "instruction": "fail here", "input": "abc"}',
         '{"id": "bricked", "instruction": "Apply a shift.", "input": "abc", "output": "nope"}',
     ])
-    summary = run_local(_job(tmp_path, inp), FakeOrchestrator())
+    summary = _run(tmp_path, inp, FakeOrchestrator())
     out = {r["id"]: r for r in _out(tmp_path)}
     assert out["ok"]["output"] == "cba" and out["ok"]["error"] is None
     assert out["bad"]["error"] == "RuntimeError: this row explodes"

@@ -10,7 +10,7 @@ from bricks.ffn_mask import combine_masks
 from orchestrator.api import Orchestrator
 from orchestrator.executors.base import UnsupportedConfigError
 from orchestrator.plan import BrickConfig, BrickRef, Plan, Step
-from policies import Composition, ModelDecomposer, RuleDecomposer, StepListGrammar, parse_step_list
+from policies import Composition, ModelDecomposer, RuleDecomposer, StepListGrammar, TopKWeighted, parse_step_list
 from policies.decompose import DecompositionError
 
 
@@ -41,6 +41,25 @@ def test_composition_defaults_density_and_refuses_single():
     assert Composition("cat").density is None
     with pytest.raises(ValueError, match="'single' cannot combine"):
         Composition("single")
+
+
+def test_snap_weights_drops_under_the_floor_and_rounds_to_the_grid():
+    from policies.routing import snap_weights
+
+    assert snap_weights([0.0001398, 0.9999]) == [0.0, 1.0]  # the review's cat(caesar*0.0001398,devowel*0.9999)
+    thirds = snap_weights([1, 1, 1])
+    assert sorted(thirds) == [0.33, 0.33, 0.34] and sum(thirds) == pytest.approx(1, abs=1e-12)
+    assert snap_weights([0.04, 0.5, 0.46]) == [0.0, 0.52, 0.48]  # renormalized after the drop
+    assert snap_weights([0.04, 0.96], floor=0.05, grid=0.1) == [0.0, 1.0]
+    assert snap_weights([0.2, 0.3], floor=0.0, grid=None) == pytest.approx([0.4, 0.6])
+    assert snap_weights([0.001, 0.999], floor=0.0) == [0.0, 1.0]  # rounds to 0: dropped too
+    assert snap_weights([0.3, 0.3], floor=0.9) == [1.0, 0.0]  # the largest is always kept (first on a tie)
+    with pytest.raises(ValueError, match="non-negative"):
+        snap_weights([0.5, -0.1])
+    with pytest.raises(ValueError, match="weight_grid must be 1/n"):
+        TopKWeighted(weight_grid=0.03)
+    with pytest.raises(ValueError, match="weight_floor"):
+        TopKWeighted(weight_floor=1.0)
 
 
 def test_mask_union_and_intersection_per_layer():

@@ -14,6 +14,7 @@ from bricks import (
     ManifestError,
     UnsafeArtifactError,
 )
+from bricks.errors import IntegrityError
 from bricks.ffn_mask import FfnMaskBrick
 from bricks.fingerprint import model_fingerprint
 from bricks.lora import LoraBrick
@@ -129,7 +130,7 @@ def test_failed_add_changes_nothing(tmp_path, tiny_model):
     before = _tree(tmp_path / "lib")
     bad = _lora_folder(tmp_path, tiny_model, "bad")
     (bad / "adapter_model.safetensors").write_bytes(b"tampered")
-    with pytest.raises(ManifestError, match="checksum mismatch"):
+    with pytest.raises(IntegrityError, match="checksum mismatch"):
         lib.add(bad)
     assert _tree(tmp_path / "lib") == before
 

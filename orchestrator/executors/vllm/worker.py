@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+from bricks.errors import ConfigError
 from orchestrator.executors.vllm.lora_ops import CPU_LORA_OPS, StepSelections
 
 __all__ = ["BrickworkWorkerExtension", "MASK_ARG"]
@@ -49,7 +50,7 @@ class _FfnWeights:
         from safetensors import safe_open
 
         if self.model_dir is None:
-            raise ValueError("compact FFN needs the model folder to read FFN weights that vLLM prepacked")
+            raise ConfigError("compact FFN needs the model folder to read FFN weights that vLLM prepacked")
         if self._files is None:
             self._files = {}
             for f in sorted(Path(self.model_dir).glob("*.safetensors")):
@@ -59,7 +60,7 @@ class _FfnWeights:
         for proj in ("gate_proj", "up_proj", "down_proj"):
             name = f"model.layers.{layer}.mlp.{proj}.weight"
             if name not in self._files:
-                raise ValueError(f"compact FFN: {name} is not in the checkpoint {self.model_dir}")
+                raise ConfigError(f"compact FFN: {name} is not in the checkpoint {self.model_dir}")
             with safe_open(self._files[name], framework="pt") as st:
                 w = st.get_tensor(name)
             out.append(w[:, self.shard] if proj == "down_proj" else w[self.shard])
@@ -106,7 +107,7 @@ def _decoder_mlps(model, num_layers: int) -> dict:
         if m and hasattr(module, "down_proj") and hasattr(module, "gate_up_proj"):
             mlps[int(m.group(1))] = module
     if sorted(mlps) != list(range(num_layers)):
-        raise ValueError(f"vLLM model {type(model).__name__}: found FFN (mlp.gate_up_proj/down_proj) in "
+        raise ConfigError(f"vLLM model {type(model).__name__}: found FFN (mlp.gate_up_proj/down_proj) in "
                          f"layers {sorted(mlps)}, expected layers 0..{num_layers - 1}")
     return mlps
 
