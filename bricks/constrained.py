@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from bricks.generation import encode_prompt
+
 __all__ = ["generate_constrained"]
 
 
@@ -37,7 +39,7 @@ def generate_constrained(model, tokenizer, prompt: str, is_prefix: Callable[[str
 
     texts = _token_texts(tokenizer)
     eos = tokenizer.eos_token_id
-    ids = torch.tensor([tokenizer(prompt).input_ids])  # [1, T]
+    ids = torch.tensor([encode_prompt(tokenizer, prompt)])  # [1, T]
     out, past = "", None
     with torch.inference_mode():
         for _ in range(max_new_tokens):

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["generate_texts"]
+__all__ = ["generate_texts", "encode_prompt"]
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """The token ids of `prompt`: special tokens added, unless the prompt already starts with the BOS token (a
+    chat template that writes its own), which would otherwise be there twice."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return tokenizer(prompt, add_special_tokens=not (bos and prompt.startswith(bos))).input_ids
 
 
 def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 32, batch_size: int = 256,
@@ -17,7 +24,7 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
 
     if not prompts:
         return []
-    encoded = [tokenizer(p).input_ids for p in prompts]
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     results: list[str] = [""] * len(prompts)

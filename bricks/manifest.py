@@ -7,6 +7,7 @@ import json
 import logging
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -85,6 +86,7 @@ class BrickManifest(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     created: str
     prompt_template: str | None = None
+    prompt_format: Literal["raw", "chat"] | None = None  # how its prompts were rendered when it was trained
     skills: list[str] = Field(default_factory=list)
 
     @field_validator("kind")

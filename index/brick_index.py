@@ -2,13 +2,17 @@
 
 Small indexes are exact (`IndexIDMap2` over `IndexFlatIP`); past `ivf_threshold` vectors an `IndexIVFFlat`
 keeps a search near a millisecond at 100 000 bricks. Both take incremental adds and removes by id.
+
+`search_many(..., hybrid=True)` ranks keys by reciprocal rank fusion of the dense ranking and a BM25 ranking of
+the same texts (`index.lexical`); each hit keeps its dense cosine score and text, so routing thresholds mean
+what they mean in a dense search.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 __all__ = ["BrickDocument", "SearchHit", "BrickIndex"]
@@ -49,6 +53,7 @@ class BrickIndex:
         self.nprobe = nprobe
         if hasattr(self._index, "nprobe"):
             self._index.nprobe = nprobe
+        self._bm25 = None  # built on the first hybrid search, dropped on every change
 
     # -- building ----------------------------------------------------------------------------------------
     @classmethod
@@ -121,10 +126,50 @@ class BrickIndex:
                 return results
             fetch = min(total, fetch * 4)
 
-    def search_many(self, queries: Sequence[str], k: int = 5) -> list[list[SearchHit]]:
+    def search_many(self, queries: Sequence[str], k: int = 5, *, hybrid: bool = False,
+                    exclude: Collection[str] = ()) -> list[list[SearchHit]]:
+        """Top-k distinct keys per query, best first: by cosine similarity, or with `hybrid` by reciprocal rank
+        fusion of the dense and the BM25 rankings (keys in `exclude` take no rank in either)."""
         if not queries:
             return []
-        return self.search_vectors(self.embedder.embed(list(queries)), k)
+        vectors = self.embedder.embed(list(queries))
+        if not hybrid:
+            hits = self.search_vectors(vectors, k + len(exclude))
+            return [[h for h in found if h.key not in exclude][:k] for found in hits]
+        return self._hybrid(list(queries), vectors, k, frozenset(exclude))
+
+    def _hybrid(self, queries: list[str], vectors, k: int, exclude: frozenset[str]) -> list[list[SearchHit]]:
+        from index.lexical import BM25, reciprocal_rank_fusion
+
+        if self._bm25 is None:
+            self._bm25 = BM25({i: text for i, (_, text) in self._entries.items()})
+        depth = min(len(self._by_key), max(4 * k, 16))
+        dense = self.search_vectors(vectors, depth + len(exclude))
+        out = []
+        for query, vector, found in zip(queries, vectors, dense):
+            found = [h for h in found if h.key not in exclude][:depth]
+            lexical: dict[str, tuple[float, int]] = {}
+            for i, score in self._bm25.scores(query).items():
+                key = self._entries[i][0]
+                if key not in exclude and score > lexical.get(key, (0.0, -1))[0]:
+                    lexical[key] = (score, i)
+            lex_rank = sorted(lexical, key=lambda key: -lexical[key][0])[:depth]
+            by_key = {h.key: h for h in found}
+            fused = reciprocal_rank_fusion([[h.key for h in found], lex_rank])[:k]
+            out.append([by_key.get(key) or self._dense_hit(key, vector, lexical[key][1]) for key, _ in fused])
+        return out
+
+    def _dense_hit(self, key: str, vector, fallback_id: int) -> SearchHit:
+        """The dense hit of a key the dense ranking did not reach: its best cosine over its texts (0 and the
+        lexically best text when the FAISS index cannot give vectors back)."""
+        import numpy as np
+
+        try:
+            scored = [(float(np.dot(self._index.reconstruct(int(i)), vector)), i) for i in self._by_key[key]]
+        except RuntimeError:  # an IVF index without a direct map
+            return SearchHit(key, 0.0, self._entries[fallback_id][1])
+        score, i = max(scored)
+        return SearchHit(key, score, self._entries[i][1])
 
     def _distinct(self, scores, ids, k: int) -> list[SearchHit]:
         best: dict[str, SearchHit] = {}
@@ -150,6 +195,7 @@ class BrickIndex:
         vectors = self.embedder.embed(list(document.texts))
         ids = np.arange(self._next_id, self._next_id + len(document.texts), dtype=np.int64)
         self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+        self._bm25 = None
         for i, text in zip(ids.tolist(), document.texts):
             self._entries[i] = (document.key, text)
             self._by_key[document.key].append(i)
@@ -162,6 +208,7 @@ class BrickIndex:
         if not ids:
             raise KeyError(f"no key {key!r} in the brick index")
         self._index.remove_ids(np.array(ids, dtype=np.int64))
+        self._bm25 = None
         for i in ids:
             del self._entries[i]
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from bricks.errors import ConfigError, MissingExtraError
 
-__all__ = ["run_analysis"]
+__all__ = ["run_analysis", "heatmap_figure", "bars_figure", "text_color"]
+
+ACCURACY = dict(vmin=0.0, vmax=1.0, cmap="viridis", cbar_label="exact-match accuracy")  # ablation and keep-only
 
 
 def _pyplot():
@@ -26,31 +28,60 @@ def _pyplot():
     return plt
 
 
-def _heatmap(path: Path, matrix, rows: list[str], cols: list[str], title: str, fmt: str = "{:.2f}") -> None:
+def text_color(rgba) -> str:
+    """"black" or "white": whichever contrasts more with a cell of colour `rgba` (WCAG relative luminance)."""
+    def linear(c: float) -> float:
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (linear(float(c)) for c in rgba[:3])
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    return "black" if (luminance + 0.05) / 0.05 > 1.05 / (luminance + 0.05) else "white"
+
+
+def heatmap_figure(matrix, rows: list[str], cols: list[str], title: str, *, xlabel: str, ylabel: str,
+                   cbar_label: str, vmin: float | None = None, vmax: float | None = None, cmap: str = "viridis",
+                   centered: bool = False, fmt: str = "{:.2f}"):
+    """A labelled heatmap with a labelled colorbar and cell values in the colour that reads on each cell.
+
+    Fixed `vmin`/`vmax` put several matrices on one scale; `centered` makes the scale symmetric around 0
+    (vmin = -vmax = -max |value|), for signed values on a diverging `cmap`.
+    """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(cols), 1.0 + 0.6 * len(rows)))
-    im = ax.imshow(matrix, cmap="viridis", aspect="auto")
+    values = [[float(v) for v in row] for row in matrix]
+    if centered:
+        vmax = max((abs(v) for row in values for v in row), default=0.0) or 1.0
+        vmin = -vmax
+    fig, ax = plt.subplots(figsize=(2.2 + 0.9 * len(cols), 1.6 + 0.6 * len(rows)))
+    im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
     ax.set_yticks(range(len(rows)), rows)
-    for i in range(len(rows)):
-        for j in range(len(cols)):
-            ax.text(j, i, fmt.format(float(matrix[i][j])), ha="center", va="center", color="w", fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=8, color=text_color(im.cmap(im.norm(v))))
     ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax)
+    fig.colorbar(im, ax=ax).set_label(cbar_label)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return fig
 
 
-def _bars(path: Path, values: list[float], labels: list[str], title: str) -> None:
+def bars_figure(values: list[float], labels: list[str], title: str, *, xlabel: str, ylabel: str):
+    """A labelled bar chart of shares (y from 0 to 1)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(1.5 + 0.8 * len(values), 3))
     ax.bar(labels, values)
     ax.set_ylim(0, 1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def _save(fig, path: Path) -> None:
     fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _pyplot().close(fig)
 
 
 def _table(matrix, rows: list[str], cols: list[str]) -> str:
@@ -126,14 +157,17 @@ def run_analysis(model_dir: Path, data: Path, out: Path, *, budget: float, keep_
 
     base = accuracy()
     sparsity = prof.sparsity().tolist()
-    _bars(out / "sparsity.png", sparsity, [f"layer {i}" for i in range(len(sparsity))],
-          "share of inactive neuron activations per layer (|a| <= 0.05)")
+    _save(bars_figure(sparsity, [f"layer {i}" for i in range(len(sparsity))],
+                      "share of inactive neuron activations per layer (|a| <= 0.05)", xlabel="FFN layer",
+                      ylabel="share inactive"), out / "sparsity.png")
     parts = cluster_neurons(prof, k)
     spec = prof.specialization()  # [S, L, I]
     heat = torch.tensor([[float(spec[s][torch.stack([p.masks[l] for l in range(spec.shape[1])])].mean())
                           for p in parts] for s in range(len(skills))])
-    _heatmap(out / "specialization.png", heat, skills, [f"c{p.index}" for p in parts],
-             "mean specialization (d') of each neuron cluster, per skill")
+    _save(heatmap_figure(heat.tolist(), skills, [f"c{p.index}" for p in parts],
+                         "mean specialization (d') of each neuron cluster, per skill", xlabel="neuron cluster",
+                         ylabel="skill", cbar_label="mean d' (signed)", cmap="RdBu_r", centered=True),
+          out / "specialization.png")
     norms = down_proj_norms(model) if keep_criterion == "contribution" else None
     ablation, keep, keep_density = [], [], []
     L, I = spec.shape[1], spec.shape[2]
@@ -145,10 +179,13 @@ def run_analysis(model_dir: Path, data: Path, out: Path, *, budget: float, keep_
         keep_density.append(round(mask_density(kept_masks, L, I), 4))
         with apply_masks(model, kept_masks, "keep"):
             keep.append(accuracy())
-    _heatmap(out / "ablation.png", ablation, [f"-{s}" for s in skills], skills,
-             f"accuracy with skill X's brick ablated ({budget:.0%} per layer, by specificity)")
-    _heatmap(out / "keep_only.png", keep, [f"only {s}" for s in skills], skills,
-             f"accuracy keeping only skill X's brick ({keep_budget:.0%} of all neurons, by {keep_criterion})")
+    _save(heatmap_figure(ablation, [f"-{s}" for s in skills], skills,
+                         f"accuracy with skill X's brick ablated ({budget:.0%} per layer, by specificity)",
+                         xlabel="skill evaluated", ylabel="brick ablated", **ACCURACY), out / "ablation.png")
+    _save(heatmap_figure(keep, [f"only {s}" for s in skills], skills,
+                         f"accuracy keeping only skill X's brick ({keep_budget:.0%} of all neurons, by {keep_criterion})",
+                         xlabel="skill evaluated", ylabel="brick kept (all other neurons off)", **ACCURACY),
+          out / "keep_only.png")
     bars = {}
     for i, s in enumerate(skills):
         own = base[i] - ablation[i][i]
@@ -164,6 +201,7 @@ def run_analysis(model_dir: Path, data: Path, out: Path, *, budget: float, keep_
                "profile_data": str(profile_data) if profile_data else None, "profiled_prompts": len(fit), "evaluated_rows": len(held),
                "skills": skills, "base_accuracy": dict(zip(skills, base)), "sparsity_per_layer": sparsity,
                "ablation_budget": budget, "keep_budget": keep_budget, "keep_criterion": keep_criterion,
+               "specialization": [[round(float(v), 4) for v in row] for row in heat.tolist()],
                "ablation": ablation, "keep_only": keep,
                "bars": bars}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

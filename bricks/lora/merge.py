@@ -169,9 +169,26 @@ def _cat(present: list[tuple[torch.Tensor, torch.Tensor, float, float]],
     return merged_a, merged_b
 
 
+def _combine(method: str, tensors: list[torch.Tensor], weights: torch.Tensor, density,
+             sign_method: str) -> torch.Tensor:
+    """PEFT's combination of same-shape tensors for `method` (linear, ties, dare_linear, dare_ties or
+    magnitude_prune; an `_svd` method combines by its base method)."""
+    from peft.utils import merge_utils as mu
+
+    base = "linear" if method == "svd" else method.removesuffix("_svd")
+    if base == "linear":
+        return mu.task_arithmetic(tensors, weights)
+    if base == "ties":
+        return mu.ties(tensors, weights, density, sign_method)
+    if base == "dare_linear":
+        return mu.dare_linear(tensors, weights, density)
+    if base == "dare_ties":
+        return mu.dare_ties(tensors, weights, density, sign_method)
+    return mu.magnitude_prune(tensors, weights, density)
+
+
 def _factors(method: str, present, density, sign_method: str) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
-    from peft.utils import merge_utils as mu
 
     # sqrt(|w * s|) on each factor, the sign on A only: B_i @ A_i is scaled by w * s
     weights_a, weights_b = [], []
@@ -182,36 +199,16 @@ def _factors(method: str, present, density, sign_method: str) -> tuple[torch.Ten
     out = []
     for tensors, weights in (([a for a, _, _, _ in present], torch.tensor(weights_a)),
                              ([b for _, b, _, _ in present], torch.tensor(weights_b))):
-        if method == "linear":
-            merged = mu.task_arithmetic(tensors, weights)
-        elif method == "ties":
-            merged = mu.ties(tensors, weights, density, sign_method)
-        elif method == "dare_linear":
-            merged = mu.dare_linear(tensors, weights, density)
-        elif method == "dare_ties":
-            merged = mu.dare_ties(tensors, weights, density, sign_method)
-        else:
-            merged = mu.magnitude_prune(tensors, weights, density)
-        out.append(merged.to(tensors[0].dtype))
+        out.append(_combine(method, tensors, weights, density, sign_method).to(tensors[0].dtype))
     return out[0], out[1]  # A (r, in), B (out, r)
 
 
 def _svd(method: str, present, rank: int, density, sign_method: str) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
-    from peft.utils import merge_utils as mu
 
     deltas = [(b @ a) * s for a, b, _, s in present]  # each (out, in): PEFT's get_delta_weight
     weights = torch.tensor([w for _, _, w, _ in present])
-    if method == "svd":
-        delta = mu.task_arithmetic(deltas, weights)
-    elif method == "ties_svd":
-        delta = mu.ties(deltas, weights, density, sign_method)
-    elif method == "dare_linear_svd":
-        delta = mu.dare_linear(deltas, weights, density)
-    elif method == "dare_ties_svd":
-        delta = mu.dare_ties(deltas, weights, density, sign_method)
-    else:
-        delta = mu.magnitude_prune(deltas, weights, density)
+    delta = _combine(method, deltas, weights, density, sign_method)
     u, s, vh = torch.linalg.svd(delta, full_matrices=True)  # u (out, out), s (min,), vh (in, in)
     u = u[:, :rank] @ torch.diag(s[:rank])  # (out, rank)
     return vh[:rank, :], u  # A (rank, in), B (out, rank)

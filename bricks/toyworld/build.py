@@ -1,4 +1,5 @@
-"""Rebuild the whole toy world from seeds: splits, tokenizer, base model, four LoRA bricks, a library.
+"""Rebuild the whole toy world from seeds: splits, tokenizer, base model, four LoRA bricks, five emergent
+(keep-only ffn_mask) bricks of the base skills, a library.
 
 Everything is written under a staging folder and renamed into place at the end, so an interrupted or
 failed build leaves the previous world untouched. Pre-training checkpoints live in a work folder beside
@@ -21,7 +22,7 @@ from bricks.evaluation import exact_match_by_skill
 from bricks.fingerprint import model_fingerprint
 from bricks.library import Library
 from bricks.manifest import BaseModelRef
-from bricks.model_io import load_model
+from bricks.model_io import load_model, load_tokenizer
 from bricks.rows import InstructionRow, read_rows
 from bricks.toyworld.dataset import DatasetSizes, split_path, write_splits
 from bricks.toyworld.pretrain import PretrainConfig, pretrain
@@ -31,12 +32,28 @@ from bricks.toyworld.tokenizer import build_tokenizer
 from bricks.training.export import write_lora_brick
 from bricks.training.lora import LoraTrainConfig, train_lora
 
-__all__ = ["BuildConfig", "build_world", "brick_training_rows", "train_world_brick", "TOY_MODEL_NAME"]
+__all__ = ["BuildConfig", "EmergentConfig", "build_world", "brick_training_rows", "train_world_brick",
+           "add_emergent_bricks", "TOY_MODEL_NAME"]
 
 log = logging.getLogger(__name__)
 
 TOY_MODEL_NAME = "brickwork/toy-llama"
 Progress = Callable[[str, int, int, float | None], None]
+
+
+@dataclass(frozen=True)
+class EmergentConfig:
+    """How the base skills' emergent bricks are found: the same as `brickwork bricks discover --data
+    single_train.jsonl --holdout single_validation.jsonl --skills reverse,uppercase,sort,count,add` with these
+    options (its defaults): keep-only masks of the `budget` share of all FFN neurons ranked by gold-answer
+    attribution, added when they keep >= `min_retention` of the base model's right validation answers."""
+
+    budget: float = 0.3
+    criterion: str = "attribution"
+    scope: str = "global"
+    min_retention: float = 0.95
+    min_support: int = 20
+    prefix: str = "emergent-"
 
 
 @dataclass(frozen=True)
@@ -48,6 +65,7 @@ class BuildConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     lora: LoraTrainConfig = field(default_factory=LoraTrainConfig)
     chain_fraction: float = 0.5  # extra brick-training rows drawn from chain intermediates, per fresh row
+    emergent: EmergentConfig = field(default_factory=EmergentConfig)
 
     @classmethod
     def quick(cls, seed: int = 0) -> "BuildConfig":
@@ -117,6 +135,9 @@ def build_world(out: Path, cfg: BuildConfig = BuildConfig(), *, progress: Progre
         shutil.rmtree(brick_dir)
         progress("evaluate bricks", len(bricks_report), len(LORA_SKILLS), None)
     timings["lora_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    emergent_report = add_emergent_bricks(model_dir, library, stage / "data", cfg.emergent, progress=progress)
+    timings["emergent_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
 
     report = {
@@ -124,6 +145,7 @@ def build_world(out: Path, cfg: BuildConfig = BuildConfig(), *, progress: Progre
         "base_model": {"name": base_ref.name, "fingerprint": base_ref.fingerprint,
                        "parameters": sum(p.numel() for p in model.parameters())},
         "base_exact_match_test": base_scores, "bricks": bricks_report,
+        "emergent_bricks": emergent_report,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }
     (stage / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -165,6 +187,36 @@ def train_world_brick(model_dir: Path, tokenizer, skill_id: str, rows: Sequence[
                      version=version)
     return {"exact_match_test": own, "with_brick_on_emergent": others, "steps": result.steps,
             "seconds": round(time.perf_counter() - t, 1)}
+
+
+def add_emergent_bricks(model_dir: Path, library: Library, data_dir: Path, cfg: EmergentConfig = EmergentConfig(),
+                        *, progress: Progress = _noop) -> dict[str, dict[str, float]]:
+    """Discover one keep-only emergent brick per base skill on the single-skill train split, measure each on the
+    validation split, and add those that pass the quality gate to `library`; returns each candidate's metrics
+    (`added`: 1.0 when it passed and was added)."""
+    from bricks.emergent.pipeline import (
+        add_candidates,
+        gate_candidates,
+        profile_skills,
+        skill_candidates,
+        skill_examples,
+    )
+
+    def rows_of(split: str) -> list[InstructionRow]:
+        return [r for r in read_rows(split_path(data_dir, "single", split))
+                if len(r.skills) == 1 and r.skills[0] in EMERGENT_SKILLS]
+
+    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
+    pairs, instructions = skill_examples(rows_of("train"))
+    profile = profile_skills(model, tokenizer, pairs, attribution=cfg.criterion == "attribution",
+                             on_progress=lambda stage, done, total: progress(f"emergent {stage}", done, total, None))
+    candidates = skill_candidates(model, profile, instructions, budget=cfg.budget, criterion=cfg.criterion,
+                                  scope=cfg.scope, prefix=cfg.prefix)
+    gated = gate_candidates(model, tokenizer, candidates, rows_of("validation"))
+    _, refused = add_candidates(library, gated, min_retention=cfg.min_retention, min_support=cfg.min_support)
+    progress("emergent bricks", len(gated), len(gated), None)
+    refused_ids = {c.brick_id for c in refused}
+    return {c.brick_id: {**c.metrics, "added": float(c.brick_id not in refused_ids)} for c in gated}
 
 
 def _swap_into_place(stage: Path, out: Path) -> None:

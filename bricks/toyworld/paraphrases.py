@@ -11,7 +11,8 @@ import random
 from bricks.toyworld.skills import SKILLS
 from bricks.toyworld.tasks import TaskRow, sample_compound, sample_single
 
-__all__ = ["PARAPHRASES", "NEW_CONNECTIVES", "OUT_OF_SCOPE", "paraphrase_rows", "calibration_rows"]
+__all__ = ["PARAPHRASES", "NEW_CONNECTIVES", "OUT_OF_SCOPE", "paraphrase_rows", "calibration_rows",
+           "HARD_PARAPHRASES", "HARD_CATEGORIES", "hard_paraphrase_rows"]
 
 PARAPHRASES: dict[str, tuple[str, ...]] = {
     "reverse": ("Flip the word around.", "Read it back to front.", "Turn the string backwards.",
@@ -112,4 +113,108 @@ def calibration_rows(part: str) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = [{"instruction": p, "skills": [skill]}
                                      for skill, phrasings in PARAPHRASES.items() for p in pick(phrasings)]
     rows += [{"instruction": p, "skills": []} for p in pick(OUT_OF_SCOPE)]
+    return rows
+
+
+# A hard paraphrase split, written to be hard and never used for training, calibration or choosing any setting:
+# per skill three phrasings of each kind: synonyms (rare words for the same act), jargon (programmer's or
+# linguist's terms), indirect (the result described, not the act), misspelt (typos of training-like phrasings).
+HARD_CATEGORIES: tuple[str, ...] = ("synonym", "jargon", "indirect", "misspelt")
+HARD_PARAPHRASES: dict[str, dict[str, tuple[str, ...]]] = {
+    "reverse": {
+        "synonym": ("Invert the sequence of characters.", "Transpose the string end for end.",
+                    "Backtrack through the letters and write them."),
+        "jargon": ("Apply str[::-1].", "Emit the mirror image of the token.", "Run a LIFO pass over the characters."),
+        "indirect": ("I want to read this word as if looking at it in a mirror.",
+                     "Start from the tail and work to the head.",
+                     "How would this word look spelled by someone reading right to left?"),
+        "misspelt": ("Revrese the txet.", "Wirte the inpt bakwards.", "Spel it in revers."),
+    },
+    "uppercase": {
+        "synonym": ("Put it in majuscule.", "Render each character as a capital.",
+                    "Enlarge every letter to its big form."),
+        "jargon": ("Apply toUpperCase().", "Map the string through str.upper.", "Set the caps-lock transform on it."),
+        "indirect": ("Make it look like someone is yelling.", "Write it the way a headline banner would.",
+                     "No small letters allowed in the answer."),
+        "misspelt": ("Convrt to uppercsae.", "Make evry leter upercase.", "Capitalyze all leters."),
+    },
+    "sort": {
+        "synonym": ("Sequence the characters lexically.", "Collate the letters.",
+                    "Rank the letters from first to last in the alphabet."),
+        "jargon": ("Return the sorted characters joined.", "Apply an ascending lexicographic sort to the chars.",
+                   "Run quicksort on the characters."),
+        "indirect": ("Which order would the letters be in if a dictionary listed them?",
+                     "Line the letters up like they appear in the ABC song.", "Put a before b before c, for these."),
+        "misspelt": ("Sotr the leters.", "Put the letters in alfabetical ordr.", "Ordr the leters alphabeticaly."),
+    },
+    "count": {
+        "synonym": ("Tally the characters.", "Determine how many symbols the word contains.",
+                    "Enumerate the letters and give the total."),
+        "jargon": ("Return len(s).", "Output the string's cardinality.", "Compute strlen of the input."),
+        "indirect": ("How big is this word, in letters?", "If each letter cost one coin, how many coins would I pay?",
+                     "I need the size of this string."),
+        "misspelt": ("Cuont the leters.", "How many charactres does the inpt have?", "Giv the lenght of the wrod."),
+    },
+    "add": {
+        "synonym": ("Aggregate the two figures.", "Tot up the pair.", "Accumulate both values into one."),
+        "jargon": ("Return a + b.", "Apply the binary plus operator.", "Reduce the pair with operator.add."),
+        "indirect": ("If I have the first amount and get the second amount more, how much do I have?",
+                     "Put both quantities together and tell me the result.",
+                     "What do I owe if the two bills are combined?"),
+        "misspelt": ("Ad the two numbrs.", "Wht is the summ?", "Compute the totl of bth numbers."),
+    },
+    "caesar": {
+        "synonym": ("Advance each letter one position.", "Increment every character in the alphabet.",
+                    "Step each letter up once."),
+        "jargon": ("Apply ROT1.", "Encipher with a shift cipher, key 1.", "Map chr(ord(c)+1) with wraparound."),
+        "indirect": ("Write the word the way Julius Caesar would with his simplest key.",
+                     "Each letter should become its neighbour further down the alphabet.",
+                     "Make a become b and z become a."),
+        "misspelt": ("Shfit every leter forwrd by one.", "Aply a Ceasar shift of one.", "Encod with a shif of 1."),
+    },
+    "double": {
+        "synonym": ("Reduplicate each character.", "Twin every letter.", "Geminate all the letters."),
+        "jargon": ("Apply a repeat-each(2) transform.", "Map each char c to c*2.",
+                   "Upsample the string by a factor of two."),
+        "indirect": ("Write it as if you had a stutter on every letter.",
+                     "Each letter should show up back to back with itself.",
+                     "Make the word twice as long by repeating each letter in place."),
+        "misspelt": ("Doubel every leter.", "Writ each charcter twise.", "Repet each leter two tims."),
+    },
+    "devowel": {
+        "synonym": ("Excise the vowels.", "Purge a, e, i, o, u.", "Omit every vowel letter."),
+        "jargon": ("Strip [aeiou] with a regex.", "Filter out the vocalic characters.",
+                   "Apply re.sub on the vowel class."),
+        "indirect": ("Write it like a vanity license plate with no vowels.",
+                     "Leave only the letters that are not vowels.", "Abbreviate it the way texting drops vowels."),
+        "misspelt": ("Remov the vowles.", "Delet every vowl.", "Strp out the vowls."),
+    },
+    "subtract": {
+        "synonym": ("Deduct the latter from the former.", "Take the difference, first less second.",
+                    "Reduce the first value by the second."),
+        "jargon": ("Return a - b.", "Apply the binary minus operator.", "Compute operator.sub on the pair."),
+        "indirect": ("If I had the first amount and spent the second, what is left?",
+                     "How far apart are the two numbers, first minus second?",
+                     "What remains of the first number once the second is removed?"),
+        "misspelt": ("Subtrct the secnd number from the frist.", "Wht is the diference?",
+                     "Compute the frist numbr minus the secnd."),
+    },
+}
+
+
+def hard_paraphrase_rows(seed: int = 1, per_phrasing: int = 3) -> list[TaskRow]:
+    """Single-skill rows of the hard split on test-split inputs: `per_phrasing` rows per hard phrasing, ids
+    `hard-<category>-<skill>-<n>`; no phrasing repeats a training phrasing or one of `PARAPHRASES`."""
+    rng = random.Random(seed)
+    rows: list[TaskRow] = []
+    for skill_id, kinds in HARD_PARAPHRASES.items():
+        seen = set(SKILLS[skill_id].phrasings) | set(PARAPHRASES[skill_id])
+        for category in HARD_CATEGORIES:
+            for j, phrasing in enumerate(kinds[category]):
+                if phrasing in seen:
+                    raise ValueError(f"hard paraphrase {phrasing!r} of {skill_id} repeats a known phrasing")
+                for n in range(per_phrasing):
+                    row = sample_single(rng, skill_id, "test")
+                    rows.append(TaskRow(f"hard-{category}-{skill_id}-{j * per_phrasing + n:03d}", phrasing,
+                                        row.input, row.output, row.skills))
     return rows

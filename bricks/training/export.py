@@ -11,7 +11,7 @@ from pathlib import Path
 from bricks.atomic import atomic_write_text, staged_folder
 from bricks.manifest import BaseModelRef, BrickManifest, file_entry
 
-__all__ = ["save_adapter", "write_lora_brick"]
+__all__ = ["save_adapter", "write_lora_brick", "neutral_base_path"]
 
 
 def save_adapter(peft_model, folder: Path, adapter_name: str = "default", base_model_name: str | None = None) -> None:
@@ -29,10 +29,10 @@ def save_adapter(peft_model, folder: Path, adapter_name: str = "default", base_m
             os.replace(f, folder / f.name)
         sub.rmdir()
     (folder / "README.md").unlink(missing_ok=True)
-    _neutral_base_path(folder / "adapter_config.json", base_model_name)
+    neutral_base_path(folder / "adapter_config.json", base_model_name)
 
 
-def _neutral_base_path(config_file: Path, base_model_name: str | None) -> None:
+def neutral_base_path(config_file: Path, base_model_name: str | None) -> None:
     """Replace an absolute `base_model_name_or_path` in a PEFT adapter config by a name."""
     if not config_file.is_file():
         return
@@ -45,7 +45,8 @@ def _neutral_base_path(config_file: Path, base_model_name: str | None) -> None:
 
 def write_lora_brick(peft_model, folder: Path, *, brick_id: str, description: str, examples: Sequence[str],
                      base_model: BaseModelRef, metrics: Mapping[str, float], version: int = 1,
-                     prompt_template: str | None = None, skills: Sequence[str] = (),
+                     prompt_template: str | None = None, prompt_format: str | None = None,
+                     skills: Sequence[str] = (),
                      adapter_name: str = "default", extra: Mapping[str, object] | None = None) -> Path:
     """Save `peft_model`'s adapter and its manifest into `folder` (which must not exist yet)."""
     folder = Path(folder)
@@ -56,7 +57,7 @@ def write_lora_brick(peft_model, folder: Path, *, brick_id: str, description: st
             id=brick_id, version=version, kind="lora", description=description, examples=list(examples),
             base_model=base_model, files=files, metrics=dict(metrics),
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            prompt_template=prompt_template, skills=list(skills), **dict(extra or {}),
+            prompt_template=prompt_template, prompt_format=prompt_format, skills=list(skills), **dict(extra or {}),
         )
         manifest.save(tmp / "brick.json")
     return folder

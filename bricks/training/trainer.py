@@ -171,7 +171,8 @@ def train_brick(model_dir: Path, rows: Sequence[InstructionRow], spec: BrickSpec
     with tempfile.TemporaryDirectory(prefix="brickwork-train-") as tmp:
         folder = write_lora_brick(result.model, Path(tmp) / spec.id, brick_id=spec.id, description=spec.description,
                                   examples=examples, base_model=library.base_model, metrics=metrics,
-                                  prompt_template=spec.prompt_template, skills=spec.skills or _default_skills(rows))
+                                  prompt_template=spec.prompt_template, prompt_format="raw",  # trained on the raw template
+                                  skills=spec.skills or _default_skills(rows))
         brick = library.update(folder) if update else library.add(folder)
     log.info("brick %s trained in %.1f s: held-out exact match %.3f", brick.key, metrics["train_seconds"],
              result.holdout_accuracy)

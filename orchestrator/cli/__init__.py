@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from orchestrator.cli import batch, bricks, emergent, run, world  # noqa: F401  (each registers its commands)
+from orchestrator.cli import batch, bricks, emergent, library, run, serve, world  # noqa: F401  (each registers its commands)
 from orchestrator.cli.root import app, debug_enabled, first_line
 
 __all__ = ["app", "main"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
@@ -11,10 +12,13 @@ import typer
 
 from orchestrator.cli.root import LibraryOpt, ModelOpt, app, fail, first_line, user_errors
 
-__all__ = ["batch"]
+__all__ = ["batch", "report_rows"]
+
+PROGRESS_ROWS = 128  # with a progress bar, a chunk's rows run in slices of this many, so the bar moves as rows finish
 
 
 def _progress_bar():
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -27,7 +31,24 @@ def _progress_bar():
 
     return Progress(TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
                     TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
-                    TimeRemainingColumn(), transient=False)
+                    TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+
+
+def report_rows(orc, on_rows: Callable[[int], None], rows: int = PROGRESS_ROWS) -> None:
+    """Make `orc.run_batch` (this instance only) run its tasks in slices of `rows`, calling `on_rows(n)` after each
+    slice, so a progress bar moves within a chunk, not once per chunk. Outputs are the same (the executors give a
+    request the same output whatever batch it shares); only the slices' steps share executor batches."""
+    whole = orc.run_batch
+
+    def sliced(tasks):
+        tasks, results = list(tasks), []
+        for i in range(0, len(tasks), rows):
+            part = whole(tasks[i:i + rows])
+            results += part
+            on_rows(len(part))
+        return results
+
+    orc.run_batch = sliced
 
 
 def _print_summary(summary, as_json: bool) -> None:
@@ -66,12 +87,16 @@ def batch(input_path: Path = typer.Argument(..., metavar="IN", help="JSONL, CSV 
     One job at a time per OUT (a second one is refused, naming the first one's pid); the library is pinned
     while the job runs, and a brick removed meanwhile stops it (the rows written are kept; rerun to resume).
     """
+    from bricks.fingerprint import check_base_model
+    from orchestrator.factory import model_dir, open_library
     from orchestrator.integrations.batch import BatchError, BatchJob, run_local
 
     if engine not in ("local", "ray"):
         fail(f"unknown engine {engine!r}; expected local or ray")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
+        lib = open_library(library)
+        check_base_model(model_dir(model), lib.base_model, lib.path)  # before OUT is claimed for this model
         if engine == "ray":
             from orchestrator.integrations.ray import import_ray
 
@@ -87,6 +112,14 @@ def batch(input_path: Path = typer.Argument(..., metavar="IN", help="JSONL, CSV 
         typer.echo(f"resuming: {len(job.done)} of {len(job.input.rows)} rows already in {out}", err=True)
     bar = None if quiet or as_json else _progress_bar()
     task = None
+    written = {"chunks": 0, "slices": 0}  # rows written by finished chunks; rows run since, in the current chunk
+
+    def show() -> None:
+        if bar is None or task is None:
+            return
+        done = min(written["chunks"] + written["slices"], bar.tasks[task].total or 0)
+        elapsed = bar.tasks[task].elapsed or 0.0
+        bar.update(task, completed=done, rate=f"{done / elapsed:.1f} rows/s" if elapsed > 0 and done else "")
 
     def progress(done: int, total: int) -> None:
         nonlocal task
@@ -94,8 +127,12 @@ def batch(input_path: Path = typer.Argument(..., metavar="IN", help="JSONL, CSV 
             return
         if task is None:
             task = bar.add_task("batch", total=total, rate="")
-        elapsed = bar.tasks[task].elapsed or 0.0
-        bar.update(task, completed=done, rate=f"{done / elapsed:.1f} rows/s" if elapsed > 0 and done else "")
+        written.update(chunks=done, slices=0)
+        show()
+
+    def rows_done(n: int) -> None:
+        written["slices"] += n
+        show()
 
     try:
         if bar is not None:
@@ -112,6 +149,8 @@ def batch(input_path: Path = typer.Argument(..., metavar="IN", help="JSONL, CSV 
             from orchestrator.api import Orchestrator
 
             with Orchestrator.from_pretrained(model, library, executor) as orc:
+                if bar is not None:
+                    report_rows(orc, rows_done, max(1, min(PROGRESS_ROWS, chunk_size)))
                 summary = run_local(job, orc, progress=progress)
     except KeyboardInterrupt:
         if bar is not None:

@@ -1,4 +1,5 @@
-"""CLI commands for the brick lifecycle: `brickwork bricks train | update | add | remove | rollback | versions | verify`.
+"""CLI commands for the brick lifecycle: `brickwork bricks train | update | add | import-peft | remove | rollback |
+versions | verify`.
 
 Every change goes through `bricks.Library` (temp folder, rename, file lock), so several writers may share a
 library. The saved index is brought up to date by the next reader (only changed bricks are embedded), or at
@@ -146,7 +147,9 @@ def bricks_train(data: Path = typer.Option(..., "--data", help="Training rows JS
 def bricks_update(brick_id: str = typer.Argument(..., help="The brick to give a new version."),
                   data: Optional[Path] = typer.Option(None, "--data", help="Train the new version on these rows."),
                   artifact: Optional[Path] = typer.Option(None, "--artifact",
-                                                          help="Or: a ready brick folder to add as the new version."),
+                                                          help="Or: a brick folder, or a plain PEFT LoRA folder "
+                                                               "(manifest from the active version's), to add as "
+                                                               "the new version."),
                   description: Optional[str] = typer.Option(None, "--description",
                                                             help="Default: the current version's."),
                   example: Optional[list[str]] = typer.Option(None, "--example", help="Default: the current version's."),
@@ -170,6 +173,14 @@ def bricks_update(brick_id: str = typer.Argument(..., help="The brick to give a 
 
     try:
         lib = _library(library)
+        if not (Path(artifact) / "brick.json").is_file():  # a plain PEFT folder: manifest from the active version's
+            from bricks.peft_import import update_from_peft
+
+            brick = update_from_peft(lib, artifact, brick_id, description=description, examples=example or None,
+                                     model=_peft_model(model, library, required=False), force=force)
+            _sync_index(lib, index)
+            typer.echo(f"updated {brick.key} from PEFT folder {str(artifact)!r} (active; older versions kept)")
+            return
         found = BrickManifest.from_file(Path(artifact) / "brick.json").id
         if found != brick_id:
             fail(f"--artifact {str(artifact)!r} holds brick {found!r}, not {brick_id!r}")
@@ -178,6 +189,51 @@ def bricks_update(brick_id: str = typer.Argument(..., help="The brick to give a 
     except user_errors() as e:
         fail(first_line(e))
     typer.echo(f"updated {brick.key} (active; older versions kept)")
+
+
+def _peft_model(model: Path | None, library: Path | None, *, required: bool) -> Path | None:
+    """The model folder a PEFT adapter is checked against: `--model`, the toy world's for the toy library, else
+    None (refused when `required`: an imported adapter is always checked against the library's base model)."""
+    if model is not None or library is None:
+        return _model_dir(model)
+    if required:
+        fail(f"give --model: the library {str(library)!r}'s base model folder, which the adapter is checked against")
+    return None
+
+
+@bricks_app.command("import-peft")
+def bricks_import_peft(adapter_dir: Path = typer.Argument(..., metavar="ADAPTER_DIR",
+                                                          help="A PEFT LoRA folder: adapter_config.json + "
+                                                               "adapter_model.safetensors (never modified)."),
+                       brick_id: str = typer.Option(..., "--id", help="The new brick's id ([a-z0-9][a-z0-9_.-]*)."),
+                       description: str = typer.Option(..., "--description", help="What the brick does, in one "
+                                                                                  "sentence (routing reads it)."),
+                       example: Optional[list[str]] = typer.Option(None, "--example",
+                                                                   help="An instruction it serves (repeatable)."),
+                       examples_file: Optional[Path] = typer.Option(None, "--examples",
+                                                                    help="A file of example instructions: one per "
+                                                                         "line, or JSONL rows with 'instruction'."),
+                       library: Optional[Path] = LibraryOpt,
+                       model: Optional[Path] = typer.Option(None, "--model", help="The library's base model folder "
+                                                            "(its fingerprint is checked; required with --library)."),
+                       force: bool = ForceOpt, as_json: bool = JsonOpt) -> None:
+    """Import a PEFT LoRA adapter as a new brick: checked against the model (target modules, tensor names, shapes),
+    added to the library with checksums and the base model's fingerprint, and the saved index updated."""
+    from bricks.peft_import import import_peft, read_examples
+
+    try:
+        examples = list(example or []) + (read_examples(examples_file) if examples_file else [])
+        lib = _library(library)
+        brick = import_peft(lib, adapter_dir, brick_id=brick_id, description=description, examples=examples,
+                            model=_peft_model(model, library, required=True), force=force)
+        _sync_index(lib, True)
+    except user_errors() as e:
+        fail(first_line(e))
+    if as_json:
+        typer.echo(json.dumps({"brick": brick.key, "path": str(brick.path), "examples": brick.manifest.examples},
+                              indent=2))
+    else:
+        typer.echo(f"imported {brick.key} from {str(adapter_dir)!r} into {str(lib.path)!r}")
 
 
 @bricks_app.command("add")

@@ -1,7 +1,7 @@
 """The root of the `brickwork` command line: the Typer apps, shared options, and how errors are printed.
 
-Command modules (`run`, `bricks`, `emergent`, `world`, `batch`) register on these apps; `orchestrator.cli`
-imports them all, so every entry point (`brickwork`, `python -m orchestrator.cli`) has every command.
+Command modules (`run`, `bricks`, `library`, `emergent`, `world`, `batch`, `serve`) register on these apps;
+`orchestrator.cli` imports them all, so every entry point (`brickwork`, `python -m orchestrator.cli`) has every command.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import NoReturn
 import typer
 
 __all__ = ["app", "bricks_app", "index_app", "ModelOpt", "LibraryOpt", "fail", "first_line", "user_errors",
-           "debug_enabled"]
+           "debug_enabled", "package_version"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="brickwork: an LLM configured out of bricks.")
 bricks_app = typer.Typer(no_args_is_help=True, help="Inspect the bricks of a library.")
@@ -27,8 +27,26 @@ LibraryOpt = typer.Option(None, "--library", help="Brick library folder (default
 _state = {"debug": False}
 
 
+def package_version() -> str:
+    """brickwork's version, as installed (written once, in pyproject.toml)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("brickwork")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"brickwork {package_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Print the traceback of an error, not one line.")) -> None:
+def _root(debug: bool = typer.Option(False, "--debug", help="Print the traceback of an error, not one line."),
+          version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print brickwork's version and exit.")) -> None:
     _state["debug"] = debug
 
 

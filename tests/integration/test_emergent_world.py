@@ -1,4 +1,7 @@
-"""Emergent bricks end to end on the quick toy world: discover into a library, run masked and compact."""
+"""Emergent bricks end to end on the quick toy world: discover into a library, run masked and compact.
+
+The quick world's model answers almost nothing right, so no brick of it passes the quality gate: the build step
+refuses them all, and these tests add bricks with the gate off (`--min-retention 0 --min-support 0`)."""
 
 import shutil
 
@@ -19,7 +22,7 @@ def world(quick_world, tmp_path_factory):
                   "contribution", "--scope", "global"],
                  ["--mode", "unsupervised", "--k", "4", "--prefix", "cluster-"]):
         result = CliRunner().invoke(app, ["bricks", "discover", "--data", str(data), "--model", str(out / "model"),
-                                          "--library", str(lib), *args])
+                                          "--library", str(lib), "--min-retention", "0", "--min-support", "0", *args])
         assert result.exit_code == 0, result.output
     return out, lib
 
@@ -36,6 +39,8 @@ def test_discover_writes_mask_bricks_and_indexes_them(world):
     assert masks["emergent-reverse"].manifest.metrics["density"] == pytest.approx(0.25, abs=0.01)
     assert masks["cluster-p0"].manifest.metrics["density"] == pytest.approx(0.25, abs=0.01)
     assert masks["emergent-count"].manifest.skills == ["count"] and masks["cluster-p1"].manifest.examples
+    for b in masks.values():  # measured on every 5th row of each skill of --data (4 of the quick world's 20)
+        assert b.manifest.metrics["rows_validation"] == 4.0 and 0 <= b.manifest.metrics["retention_validation"] <= 1
     index = load(lib_path / "index", SentenceTransformerEmbedder(), expected_fingerprint=index_fingerprint(lib))
     assert {b.key for b in masks.values()} <= set(index.keys())
 
@@ -86,3 +91,25 @@ def test_analyze_writes_plots_matrices_and_summary(world, tmp_path, profile_spli
     for name in ("sparsity.png", "specialization.png", "ablation.png", "keep_only.png", "summary.md"):
         assert (tmp_path / "report" / name).stat().st_size > 0
     assert "## Ablation matrix" in (tmp_path / "report" / "summary.md").read_text()
+
+
+def test_build_step_gates_the_quick_worlds_emergent_bricks(quick_world):
+    from bricks.library import Library
+
+    out, report = quick_world
+    emergent = report["emergent_bricks"]
+    assert set(emergent) == {"emergent-reverse", "emergent-uppercase", "emergent-sort", "emergent-count",
+                             "emergent-add"}
+    for metrics in emergent.values():  # 10 validation rows per skill: under min_support 20, never added
+        assert metrics["rows_validation"] == 10.0 and metrics["added"] == 0.0 and metrics["density"] <= 0.3
+    assert not any(b.kind == "ffn_mask" for b in Library.open(out / "library").list())
+
+
+def test_discover_refuses_bad_options(world):
+    out, lib = world
+    for args, msg in ((["--min-retention", "1.5"], "--min-retention 1.5 must be in [0, 1]"),
+                      (["--holdout-limit", "-1"], "--holdout-limit -1 must be >= 0"),
+                      (["--criterion", "loud"], "unknown criterion 'loud'")):
+        result = CliRunner().invoke(app, ["bricks", "discover", "--data", str(out / "data" / "single_test.jsonl"),
+                                          "--model", str(out / "model"), "--library", str(lib), *args])
+        assert result.exit_code == 2 and msg in result.stderr, result.output

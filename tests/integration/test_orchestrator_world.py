@@ -26,8 +26,13 @@ def single_test():
     return read_rows(split_path(world_data_dir(), "single", "test"))
 
 
+# base skills whose shipped emergent brick keeps >= 0.99 of the base model's right validation answers
+# (emergent-sort keeps 0.9898: its steps stay on the whole base model)
+EMERGENT_ROUTED = {"reverse", "uppercase", "count", "add"}
+
+
 def _expected_bricks(row):
-    return [s for s in row.skills if s in LORA_SKILLS]
+    return [s if s in LORA_SKILLS else f"emergent-{s}" for s in row.skills if s in LORA_SKILLS or s in EMERGENT_ROUTED]
 
 
 def test_routing_accuracy_on_single_test_split(orc, single_test):
@@ -57,7 +62,8 @@ def test_multi_step_run_chains_outputs_and_traces_bricks(orc):
     res = orc.run("Reverse the text, then convert to uppercase.", input="planet")
     assert res.output == "TENALP"
     assert [s.input for s in res.steps] == ["planet", "tenalp"]
-    assert all(not s.bricks for s in res.steps)
+    # the first step works on the task's input: reverse's emergent brick; the second on its output: the whole model
+    assert [[(b.id, b.kind) for b in s.bricks] for s in res.steps] == [[("emergent-reverse", "ffn_mask")], []]
     res = orc.run("Sort the letters, then apply a Caesar shift of one.", input="planet")
     assert res.steps[1].bricks[0].id == "caesar" and res.steps[1].bricks[0].kind == "lora"
     assert res.steps[1].bricks[0].score is not None and res.output == "bfmoqu"
@@ -101,12 +107,16 @@ def test_cli_info_and_bricks_list():
     res = runner.invoke(app, ["info", "--json"])
     assert res.exit_code == 0, res.output
     info = json.loads(res.stdout)
-    assert info["bricks"] == 4 and info["embedder"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert info["bricks"] == 9 and info["embedder"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert info["base_model"].startswith("brickwork/toy-llama sha256:")
     res = runner.invoke(app, ["bricks", "list", "--json"])
     listed = json.loads(res.stdout)
-    assert sorted(b["id"] for b in listed) == ["caesar", "devowel", "double", "subtract"]
-    assert all(b["metrics"]["exact_match_test"] >= 0.95 for b in listed)
+    assert sorted(b["id"] for b in listed) == ["caesar", "devowel", "double", "emergent-add", "emergent-count",
+                                               "emergent-reverse", "emergent-sort", "emergent-uppercase", "subtract"]
+    assert all(b["metrics"]["exact_match_test"] >= 0.95 for b in listed if b["kind"] == "lora")
+    masks = [b for b in listed if b["kind"] == "ffn_mask"]
+    assert len(masks) == 5 and all(b["metrics"]["retention_validation"] >= 0.95 and b["metrics"]["density"] <= 0.3
+                                   for b in masks)
     res = runner.invoke(app, ["bricks", "show", "nope"])
     assert res.exit_code == 2 and "no brick 'nope'" in res.stderr
 

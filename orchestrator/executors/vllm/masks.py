@@ -1,16 +1,24 @@
 """Per-token FFN neuron masks for a batch that mixes requests with different masks (pure torch, no vLLM).
 
-vLLM carries a token -> LoRA-slot index so that one batch serves many adapters; `MaskTable` carries a token ->
-mask-slot index the same way. Slot 0 is "no mask" (every neuron runs). For each decoder layer the table holds one
-row per slot, [slots, I_local], and a layer's FFN activations [T, I_local] are multiplied by the rows of their
-tokens' slots. A batch whose tokens all share one slot is multiplied by that row alone, or, when no LoRA runs
-in it, computed with compact matrices (the kept rows of gate/up and columns of down), so FLOPs really drop.
+vLLM carries a token -> LoRA-slot index in a persistent device buffer, updated in place before each step, so that
+one batch serves many adapters and a compiled or CUDA-graph-captured model sees each step's mapping. `MaskTable`
+carries a token -> mask-slot index the same way: `token_slots` (long [max tokens]) is written in place before each
+step, and `rows` (one [L, slots, I_local] tensor, allocated once) holds each registered mask's rows, written in
+place when a mask is registered. Slot 0 is "no mask" (every neuron runs). A layer's FFN activations [T, I_local]
+are multiplied by the rows of their tokens' slots: a gather and a multiply, pure tensor work that a compiled
+graph or a CUDA graph replays with whatever masks the buffers hold (`apply_static`).
+
+In eager mode (`static=False`) the table also keeps the step's masks as Python values and takes shortcuts: a
+batch without masks is left alone, a batch whose tokens share one mask is multiplied by that row, and, when no
+LoRA runs in it, computed with compact matrices (the kept rows of gate/up and columns of down, built when the
+mask is registered), so FLOPs really drop. Those shortcuts branch on Python state, which a trace would freeze, so
+a static table never takes them (compact FFN is off when the model is compiled or graph-captured).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bricks.errors import ConfigError
@@ -22,9 +30,16 @@ def pack_mask(kept: Mapping[int, "object"], num_layers: int, intermediate_size: 
     """{layer: bool [I]} of the neurons that run (unlisted layers run dense) -> packed bits of a [L, I] matrix."""
     import numpy as np
 
+    beyond = sorted(layer for layer in kept if not 0 <= int(layer) < num_layers)
+    if beyond:
+        raise ConfigError(f"mask names layers {beyond}, but the model has {num_layers} layers "
+                         f"(0..{num_layers - 1})")
     dense = np.ones((num_layers, intermediate_size), dtype=bool)
     for layer, m in kept.items():
-        dense[layer] = m.cpu().numpy().astype(bool)
+        row = m.cpu().numpy().astype(bool)
+        if row.shape != (intermediate_size,):
+            raise ConfigError(f"mask of layer {layer} has {list(row.shape)} neurons, expected [{intermediate_size}]")
+        dense[layer] = row
     return np.packbits(dense).tobytes(), num_layers, intermediate_size
 
 
@@ -39,63 +54,65 @@ def unpack_mask(packed: bytes, num_layers: int, intermediate_size: int):
 
 @dataclass(frozen=True)
 class BatchMasks:
-    """The masks of one forward pass: no mask, one slot for every token, or a slot per token."""
+    """The masks of one forward pass, as Python values (eager shortcuts and counters only)."""
 
     uniform: int | None  # the slot every token uses (0: none), or None when tokens differ
-    token_slots: "object | None" = None  # long [T] when tokens differ
+    tokens: int = 0  # tokens of the step written to `token_slots`
     any_lora: bool = False  # some token runs a LoRA adapter (compact matrices would bypass it)
 
 
 class MaskTable:
     """Mask rows per layer and slot on one worker; `shard` selects this tensor-parallel rank's neurons.
 
-    A removed mask's slot is reused by the next one added. Compact matrices are kept for at most
-    `compact_cache_masks` masks (the least recently run ones are dropped): each holds a fraction of the FFN
-    weights, which for a real model is gigabytes."""
+    `max_masks` masks fit (slots 1..max_masks; the rows are allocated once, so their address never changes); a
+    removed mask's slot is reused by the next one added. `max_tokens` bounds the tokens of one step. With
+    `compact`, compact matrices are built when a mask is registered, for at most `compact_cache_masks` masks (the
+    least recently run lose theirs first, and then run masked): each holds a fraction of the FFN weights, which
+    for a real model is gigabytes. `static`: the model is compiled or graph-captured; no Python shortcuts."""
 
     def __init__(self, num_layers: int, intermediate_size: int, *, dtype, device, shard: slice | None = None,
-                 compact: bool = True, compact_cache_masks: int = 8) -> None:
+                 compact: bool = True, compact_cache_masks: int = 8, max_masks: int = 64, max_tokens: int = 8192,
+                 static: bool = False) -> None:
         import torch
 
-        if compact_cache_masks < 1:
-            raise ConfigError(f"compact_cache_masks must be at least 1, got {compact_cache_masks}")
+        if compact_cache_masks < 1 or max_masks < 1 or max_tokens < 1:
+            raise ConfigError(f"compact_cache_masks, max_masks and max_tokens must be at least 1, got "
+                             f"{compact_cache_masks}, {max_masks} and {max_tokens}")
         self.num_layers, self.intermediate_size = num_layers, intermediate_size
         self.shard = shard or slice(0, intermediate_size)
-        self.dtype, self.device, self.compact = dtype, device, compact
+        self.dtype, self.device, self.static = dtype, device, static
+        self.compact = compact and not static
+        self.max_masks = max_masks
         width = self.shard.stop - self.shard.start
-        self.rows = [torch.ones((1, width), dtype=dtype, device=device) for _ in range(num_layers)]  # [S, I_local]
+        self.rows = torch.ones((num_layers, max_masks + 1, width), dtype=dtype, device=device)  # [L, S, I_local]
+        self.token_slots = torch.zeros(max_tokens, dtype=torch.long, device=device)  # [max tokens]
         self.slots: dict[str, int] = {}
-        self._kept: list = [None]  # per slot (slot 0: none): long indices of kept local neurons per layer
-        self._compact_cache: dict[tuple[int, int], tuple] = {}
+        self._kept: list = [None] * (max_masks + 1)  # per slot: long indices of kept local neurons per layer
+        self._compact_cache: dict[int, list] = {}  # slot -> per layer (gate_up [2K, H], down [H, K])
         self._compact_order: OrderedDict[int, None] = OrderedDict()  # slots with compact matrices, oldest first
         self.compact_cache_masks = compact_cache_masks
-        self._free: list[int] = []  # slots of removed masks
+        self._free: list[int] = list(range(max_masks, 0, -1))  # free slots, the lowest taken first
         self.batch = BatchMasks(uniform=0)
         self.passes = {"none": 0, "uniform": 0, "compact": 0, "mixed": 0}  # forward passes by how masks ran
 
-    def add(self, key: str, dense) -> int:
-        """Register a bool [L, I] mask under `key` (idempotent); returns its slot."""
-        import torch
-
+    def add(self, key: str, dense, load: Callable | None = None) -> int:
+        """Register a bool [L, I] mask under `key` (idempotent); returns its slot. `load(layer)` gives this rank's
+        (gate, up, down) FFN weights for compact matrices (read here, never in a forward pass)."""
         if key in self.slots:
             return self.slots[key]
         if tuple(dense.shape) != (self.num_layers, self.intermediate_size):
             raise ConfigError(f"mask {key!r} has shape {list(dense.shape)}, expected "
-                             f"[{self.num_layers}, {self.intermediate_size}] (layers x FFN neurons)")
+                             f"[{self.num_layers}, {self.intermediate_size}] (the model's {self.num_layers} layers x "
+                             f"{self.intermediate_size} FFN neurons)")
+        if not self._free:
+            raise ConfigError(f"no free mask slot for {key!r}: all {self.max_masks} are registered")
         local = dense[:, self.shard]
-        kept = [local[layer].nonzero().flatten().to(self.device) for layer in range(self.num_layers)]
-        if self._free:
-            slot = self._free.pop()
-            for layer in range(self.num_layers):
-                self.rows[layer][slot] = local[layer].to(device=self.device, dtype=self.dtype)
-            self._kept[slot] = kept
-        else:
-            slot = len(self._kept)
-            for layer in range(self.num_layers):
-                row = local[layer].to(device=self.device, dtype=self.dtype).unsqueeze(0)
-                self.rows[layer] = torch.cat([self.rows[layer], row])
-            self._kept.append(kept)
+        slot = self._free.pop()
+        self.rows[:, slot].copy_(local.to(device=self.device, dtype=self.dtype))  # in place: no new address
+        self._kept[slot] = [local[layer].nonzero().flatten().to(self.device) for layer in range(self.num_layers)]
         self.slots[key] = slot
+        if self.compact and load is not None:
+            self._build_compact(slot, load)
         return slot
 
     def remove(self, key: str) -> bool:
@@ -105,8 +122,7 @@ class MaskTable:
             return False
         self._drop_compact(slot)
         self._kept[slot] = None
-        for layer in range(self.num_layers):
-            self.rows[layer][slot] = 1
+        self.rows[:, slot] = 1
         self._free.append(slot)
         return True
 
@@ -116,71 +132,83 @@ class MaskTable:
 
     def _drop_compact(self, slot: int) -> None:
         self._compact_order.pop(slot, None)
-        for layer in range(self.num_layers):
-            self._compact_cache.pop((layer, slot), None)
+        self._compact_cache.pop(slot, None)
 
-    def set_batch(self, request_slots: Sequence[int], tokens_per_request: Sequence[int], any_lora: bool) -> None:
-        """The slots of this step's requests, in batch order, and how many tokens each has in the batch."""
+    def _build_compact(self, slot: int, load: Callable) -> None:
         import torch
 
-        distinct = set(request_slots)
+        while len(self._compact_order) >= self.compact_cache_masks:
+            self._drop_compact(next(iter(self._compact_order)))
+        per_layer = []
+        with torch.no_grad():
+            for layer in range(self.num_layers):
+                idx = self._kept[slot][layer]  # [K]
+                gate, up, down = load(layer)
+                gu = torch.cat([gate.index_select(0, idx.to(gate.device)), up.index_select(0, idx.to(up.device))])
+                dn = down.index_select(1, idx.to(down.device))
+                per_layer.append((gu.to(self.device, self.dtype).contiguous(), dn.to(self.device, self.dtype).contiguous()))
+        self._compact_cache[slot] = per_layer
+        self._compact_order[slot] = None
+
+    def set_batch(self, request_slots: Sequence[int], tokens_per_request: Sequence[int], any_lora: bool) -> None:
+        """The slots of this step's requests, in batch order, and how many tokens each has: written in place into
+        `token_slots` (tokens past them, e.g. padding, get slot 0)."""
+        import numpy as np
+        import torch
+
+        counts = np.asarray(tokens_per_request, dtype=np.int64)
+        slots = np.asarray(request_slots, dtype=np.int64)
+        n = int(counts.sum())
+        if n > self.token_slots.shape[0]:
+            raise ConfigError(f"a step of {n} tokens is more than the mask table's {self.token_slots.shape[0]}")
+        previous = self.batch.tokens
+        distinct = set(slots.tolist())
         if len(distinct) <= 1:
-            self.batch = BatchMasks(uniform=next(iter(distinct), 0), any_lora=any_lora)
+            self.batch = BatchMasks(uniform=next(iter(distinct), 0), tokens=n, any_lora=any_lora)
             kind = "none" if self.batch.uniform == 0 else "compact" if self.compact_slot() else "uniform"
-            self.passes[kind] += 1
-            return
-        self.passes["mixed"] += 1
-        per_token = torch.repeat_interleave(torch.tensor(list(request_slots), dtype=torch.long),
-                                            torch.tensor(list(tokens_per_request), dtype=torch.long))
-        self.batch = BatchMasks(uniform=None, token_slots=per_token.to(self.device), any_lora=any_lora)
+        else:
+            self.batch = BatchMasks(uniform=None, tokens=n, any_lora=any_lora)
+            kind = "mixed"
+        self.passes[kind] += 1
+        if n and (distinct != {0} or previous):
+            per_token = torch.from_numpy(np.repeat(slots, counts))
+            self.token_slots[:n].copy_(per_token, non_blocking=True)
+        if previous > n:
+            self.token_slots[n:previous].zero_()
 
     def clear(self) -> None:
+        """After a pass: the next pass without `set_batch` (a dummy or warm-up pass) runs unmasked."""
+        if self.batch.tokens:
+            self.token_slots[: self.batch.tokens].zero_()
         self.batch = BatchMasks(uniform=0)
+
+    def apply_static(self, layer: int, h):
+        """h [T, I_local] with each token's mask applied: a gather of its slot's row and a multiply, reading only
+        the device buffers (what a compiled graph or a CUDA graph replays)."""
+        return h * self.rows[layer].index_select(0, self.token_slots[: h.shape[0]])  # [T, I] * [T, I]
 
     def apply(self, layer: int, h):
         """h [T, I_local] (the FFN activations entering down_proj) with each token's mask applied."""
+        import torch
+
+        if self.static or torch.compiler.is_compiling():
+            return self.apply_static(layer, h)
         batch = self.batch
         if batch.uniform == 0:
             return h
         if batch.uniform is not None:
-            return h * self.rows[layer][batch.uniform]  # [T, I] * [I]
-        slots = batch.token_slots
-        if slots.shape[0] != h.shape[0]:  # padded batch: padding tokens run unmasked
-            import torch
-
-            pad = torch.zeros(h.shape[0], dtype=slots.dtype, device=slots.device)
-            n = min(h.shape[0], slots.shape[0])
-            pad[:n] = slots[:n]
-            slots = pad
-        return h * self.rows[layer].index_select(0, slots)  # [T, I] * [T, I]
+            return h * self.rows[layer, batch.uniform]  # [T, I] * [I]
+        return self.apply_static(layer, h)
 
     def compact_slot(self) -> int | None:
-        """The slot to run with compact matrices in this batch, or None (no mask, mixed masks, or a LoRA)."""
+        """The slot to run with compact matrices in this batch, or None (no mask, mixed masks, a LoRA, a static
+        table, or a mask whose compact matrices were dropped)."""
         b = self.batch
-        if not self.compact or b.uniform in (None, 0) or b.any_lora:
+        if not self.compact or b.uniform in (None, 0) or b.any_lora or b.uniform not in self._compact_cache:
             return None
         return b.uniform
 
-    def compact_weights(self, layer: int, slot: int, load):
-        """(gate_up [2K, H], down [H, K]) of the slot's kept neurons, built once per (layer, slot).
-
-        `load(layer)` gives this rank's (gate [I_local, H], up [I_local, H], down [H, I_local]) weights.
-        """
-        import torch
-
-        key = (layer, slot)
-        if slot in self._compact_order:
-            self._compact_order.move_to_end(slot)
-        else:
-            while len(self._compact_order) >= self.compact_cache_masks:
-                self._drop_compact(next(iter(self._compact_order)))
-            self._compact_order[slot] = None
-        if key not in self._compact_cache:
-            idx = self._kept[slot][layer]  # [K]
-            with torch.no_grad():
-                gate, up, down = load(layer)
-                gu = torch.cat([gate.index_select(0, idx.to(gate.device)), up.index_select(0, idx.to(up.device))])
-                self._compact_cache[key] = (gu.to(self.device, self.dtype).contiguous(),
-                                            down.index_select(1, idx.to(down.device)).to(self.device, self.dtype)
-                                            .contiguous())
-        return self._compact_cache[key]
+    def compact_weights(self, layer: int, slot: int):
+        """(gate_up [2K, H], down [H, K]) of the slot's kept neurons in `layer`, built when it was registered."""
+        self._compact_order.move_to_end(slot)
+        return self._compact_cache[slot][layer]

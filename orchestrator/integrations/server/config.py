@@ -1,0 +1,84 @@
+"""The server's settings (`ServerConfig`) and its errors in OpenAI's error shape (`APIError`, `Overloaded`).
+
+Nothing here imports FastAPI: the settings are plain pydantic, so the CLI and the tests build them cheaply.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bricks.errors import BrickworkError
+from orchestrator.plan import MAX_PLAN_STEPS
+from orchestrator.validation import MAX_INSTRUCTION_CHARS
+
+__all__ = ["ServerConfig", "APIError", "Overloaded", "LOOPBACK_HOSTS"]
+
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+class ServerConfig(BaseModel):
+    """How `brickwork serve` runs: what it loads, where it listens, who may call it, and its limits."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: Path | None = None
+    """Hugging Face model folder (None: the toy world's model)."""
+    library: Path | None = None
+    """Brick library folder (None: the toy world's library)."""
+    executor: Literal["transformers", "vllm"] = "transformers"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_key: str | None = None
+    """Bearer key every /v1 and /metrics request must carry (None: no key asked)."""
+    admin_key: str | None = None
+    """Bearer key of the /admin endpoints, separate from `api_key` (None: admin endpoints are off)."""
+    admin_folder: Path | None = None
+    """The only folder whose brick folders /admin/bricks may add or update from (None: admin endpoints are off)."""
+    max_batch: int = Field(default=32, ge=1, le=4096)
+    """At most this many requests share one executor run."""
+    batch_wait_ms: float = Field(default=5.0, ge=0.0, le=10_000.0)
+    """How long the first request of a batch waits for others to join it."""
+    max_queue: int = Field(default=256, ge=1)
+    """Requests waiting beyond this are refused with 429 and Retry-After."""
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    """A request body over this is refused with 413."""
+    max_instruction_chars: int = Field(default=MAX_INSTRUCTION_CHARS, ge=1)
+    """An instruction or input longer than this is refused with 400."""
+    max_tokens: int = Field(default=1024, ge=1, le=4096)
+    """The largest max_tokens a request may ask for (more: 400)."""
+    max_plan_steps: int = Field(default=16, ge=1, le=MAX_PLAN_STEPS)
+    """A plan (decomposed or given) with more steps is refused with 400."""
+    max_prompts: int = Field(default=32, ge=1)
+    """The most prompts one /v1/completions request may list."""
+
+
+class APIError(BrickworkError):
+    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}} with `status`."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", code: str | None = None,
+                 param: str | None = None, headers: dict[str, str] | None = None, extra: dict | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+    def body(self) -> dict:
+        """The JSON body of the error response."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code},
+                **self.extra}
+
+
+class Overloaded(APIError):
+    """The request queue is full: 429 with a Retry-After header (seconds)."""
+
+    def __init__(self, queued: int, retry_after: int) -> None:
+        super().__init__(429, f"the server is busy: {queued} requests are waiting; retry after {retry_after} s",
+                         type="rate_limit_error", code="queue_full", headers={"Retry-After": str(retry_after)})
+        self.retry_after = retry_after

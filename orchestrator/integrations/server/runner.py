@@ -1,0 +1,225 @@
+"""The batch function of the server: plan and run many requests' jobs together on one Orchestrator.
+
+`Runner(orc)(jobs)` returns one `Outcome` (or exception) per `Job`, in order. Tasks are planned in one
+`planner.plan_many` call, then every plan runs in one `orc.run_plans` call, so steps of the same depth across
+all requests share executor batches. A job that cannot be planned, or whose plan is too long, fails alone. A
+sampling job with a seed runs alone, after seeding torch, so the same seed gives the same answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from orchestrator.integrations.server.config import APIError
+from orchestrator.plan import BrickConfig, BrickRef, Decoding, Plan, PlanError, Step
+from orchestrator.result import Result
+
+__all__ = ["Job", "Outcome", "Runner", "parse_brick_key", "supports_seed"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request's task: plan (`instruction`, `input`), run a given `plan`, or run `bricks` as one step.
+
+    `bricks` are (id, version or None for the active one); `decoding` replaces every step's decoding.
+    """
+
+    instruction: str = ""
+    input: str = ""
+    plan: Plan | None = None
+    bricks: tuple[tuple[str, int | None], ...] | None = None
+    decoding: Decoding | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A job's result and its token counts (the executor's tokenizer; characters when it has none)."""
+
+    result: Result
+    prompt_tokens: int
+    completion_tokens: int
+    last_step_tokens: int  # the final step's output, to tell whether it stopped at max_new_tokens
+
+    @property
+    def hit_length(self) -> bool:
+        """Whether the final step wrote as many tokens as it was allowed (finish_reason "length")."""
+        return self.last_step_tokens >= self.result.plan.steps[-1].decoding.max_new_tokens
+
+
+def parse_brick_key(text: str) -> tuple[str, int | None]:
+    """`caesar` -> ("caesar", None); `caesar@2` -> ("caesar", 2). PlanError for a malformed key."""
+    brick_id, sep, version = text.strip().partition("@")
+    if not brick_id or (sep and not version.isdigit()) or (sep and int(version) < 1):
+        raise PlanError(f"brick {text!r} is not a brick id or id@version (e.g. caesar or caesar@1)")
+    return brick_id, int(version) if sep else None
+
+
+def supports_seed(orc) -> bool:
+    """Whether seeded sampling is reproducible on this orchestrator's executor (transformers: torch's RNG)."""
+    return type(orc.executor).__module__.startswith("orchestrator.executors.transformers")
+
+
+def _with_decoding(plan: Plan, decoding: Decoding | None) -> Plan:
+    if decoding is None:
+        return plan
+    return plan.model_copy(update={"steps": tuple(s.model_copy(update={"decoding": decoding}) for s in plan.steps)})
+
+
+class Runner:
+    """Plans and runs batches of jobs on `orc` (an Orchestrator), one batch at a time (`lock`)."""
+
+    def __init__(self, orc, *, max_plan_steps: int = 16) -> None:
+        self.orc = orc
+        self.max_plan_steps = max_plan_steps
+        self.lock = threading.Lock()  # held by a batch, and by admin changes to the library
+
+    # -- plans ------------------------------------------------------------------------------------------
+    def _brick_plans(self, jobs: Sequence[Job]) -> dict[int, Plan | Exception]:
+        """One-step plans for the jobs that name their bricks; the model sees the brick's trained phrasing
+        nearest to the instruction when the library asks for canonical phrasings."""
+        planner = self.orc.planner
+        out: dict[int, Plan | Exception] = {}
+        todo = [i for i, j in enumerate(jobs) if j.bricks is not None and j.plan is None]
+        canonical = bool(getattr(planner, "canonical", False)) and getattr(planner, "index", None) is not None
+        hits = planner.index.search_many([jobs[i].instruction for i in todo], 16) if canonical and todo else []
+        threshold = getattr(planner.routing, "threshold", 0.5)
+        for n, i in enumerate(todo):
+            job = jobs[i]
+            try:
+                found = []
+                for brick_id, version in job.bricks or ():
+                    try:
+                        found.append(planner.library.get(brick_id, version))
+                    except KeyError as e:
+                        raise APIError(404, f"unknown brick: {e.args[0] if e.args else brick_id}",
+                                       code="model_not_found", param="model") from None
+                refs = tuple(BrickRef(id=b.id, version=b.version, kind=b.kind) for b in found)
+                n_lora = sum(r.role == "adapter" for r in refs)
+                comp = planner.composition
+                config = (BrickConfig(bricks=refs, merge=comp.merge, density=comp.density, mask_merge=comp.mask_merge)
+                          if n_lora > 1 else BrickConfig(bricks=refs, mask_merge=comp.mask_merge))
+                shown = None
+                if len(found) == 1 and hits:
+                    examples = found[0].manifest.examples
+                    best = next((h for h in hits[n] if h.key.partition("@")[0] == found[0].id), None)
+                    if best is not None and best.score >= threshold and best.text in examples:
+                        shown = best.text if best.text != job.instruction else None
+                template = found[0].manifest.prompt_template if len(found) == 1 else None
+                step = Step(instruction=job.instruction, config=config, decoding=planner.decoding,
+                            prompt_template=template, model_instruction=shown,
+                            route="asked for: " + ", ".join(r.key for r in refs))
+                out[i] = Plan(instruction=job.instruction, input=job.input, steps=(step,))
+            except Exception as e:  # noqa: BLE001 (this job's error)
+                out[i] = e
+        return out
+
+    def _plans(self, jobs: Sequence[Job]) -> list[Plan | Exception]:
+        plans: list[Plan | Exception | None] = [j.plan for j in jobs]
+        for i, plan in self._brick_plans(jobs).items():
+            plans[i] = plan
+        todo = [i for i, p in enumerate(plans) if p is None]
+        if todo:
+            planner = self.orc.planner
+            try:
+                for i, plan in zip(todo, planner.plan_many([(jobs[i].instruction, jobs[i].input) for i in todo])):
+                    plans[i] = plan
+            except Exception:  # noqa: BLE001 (plan one by one: each job keeps its own error)
+                for i in todo:
+                    try:
+                        plans[i] = planner.plan(jobs[i].instruction, jobs[i].input)
+                    except Exception as e:  # noqa: BLE001
+                        plans[i] = e
+        out: list[Plan | Exception] = []
+        for job, plan in zip(jobs, plans):
+            if isinstance(plan, Plan) and len(plan.steps) > self.max_plan_steps:
+                plan = PlanError(f"the plan has {len(plan.steps)} steps, more than this server's maximum of "
+                                 f"{self.max_plan_steps}")
+            out.append(_with_decoding(plan, job.decoding) if isinstance(plan, Plan) else plan)  # type: ignore[arg-type]
+        return out
+
+    # -- running ----------------------------------------------------------------------------------------
+    def _run(self, plans: list[Plan]) -> list[Result | Exception]:
+        try:
+            return list(self.orc.run_plans(plans))
+        except Exception:  # noqa: BLE001 (run each alone so that each gets its own error)
+            if len(plans) == 1:
+                raise
+            log.warning("a shared run of %d plans failed; running each alone", len(plans), exc_info=True)
+        out: list[Result | Exception] = []
+        for plan in plans:
+            try:
+                out.append(self.orc.run_plans([plan])[0])
+            except Exception as e:  # noqa: BLE001
+                out.append(e)
+        return out
+
+    def _run_seeded(self, plan: Plan, seed: int) -> Result | Exception:
+        import torch
+
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self.orc.run_plans([plan])[0]
+        except Exception as e:  # noqa: BLE001
+            return e
+
+    def __call__(self, jobs: Sequence[Job]) -> list[Outcome | Exception]:
+        """Plan and run `jobs` together; one Outcome or exception per job, in order."""
+        with self.lock:
+            follow = getattr(self.orc, "follow_library", None)  # pick up bricks changed on disk
+            if follow is not None:
+                try:
+                    follow()
+                except Exception:  # noqa: BLE001 (serve with the library as it was)
+                    log.warning("could not follow the library's changes", exc_info=True)
+            plans = self._plans(jobs)
+            results: list[Result | Exception | None] = [p if isinstance(p, Exception) else None for p in plans]
+            shared = [i for i, p in enumerate(plans) if isinstance(p, Plan) and not self._seeded(jobs[i], p)]
+            for i, result in zip(shared, self._run([plans[i] for i in shared]) if shared else []):  # type: ignore[misc]
+                results[i] = result
+            for i, plan in enumerate(plans):
+                if results[i] is None and isinstance(plan, Plan):
+                    results[i] = self._run_seeded(plan, jobs[i].seed)  # type: ignore[arg-type]
+            return self._outcomes(results)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _seeded(job: Job, plan: Plan) -> bool:
+        return job.seed is not None and any(s.decoding.temperature > 0 for s in plan.steps)
+
+    # -- usage ------------------------------------------------------------------------------------------
+    def _counts(self, texts: list[str]) -> list[int]:
+        """Token counts of `texts` in one tokenizer call (characters when the executor has no tokenizer)."""
+        tokenizer = getattr(self.orc.executor, "tokenizer", None)
+        if tokenizer is None or not texts:
+            return [len(t) for t in texts]
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False).input_ids]
+
+    def _outcomes(self, results: list[Result | Exception]) -> list[Outcome | Exception]:
+        render = getattr(self.orc, "render", None)
+        texts: list[str] = []
+        spans: list[tuple[int, int, int]] = []  # per result: where its prompts and outputs are in `texts`
+        for r in results:
+            if isinstance(r, Exception):
+                continue
+            done = [s for s in r.steps if s.error is None]
+            start = len(texts)
+            texts += [render(r.plan, s.index, s.input) if render else s.input for s in done]
+            texts += [s.output for s in done]
+            spans.append((start, len(done), len(texts)))
+        counts, out, n = self._counts(texts), [], 0
+        for r in results:
+            if isinstance(r, Exception):
+                out.append(r)
+                continue
+            start, steps, end = spans[n]
+            n += 1
+            last = counts[end - 1] if steps and r.steps[-1].error is None else 0
+            out.append(Outcome(result=r, prompt_tokens=sum(counts[start:start + steps]),
+                               completion_tokens=sum(counts[start + steps:end]), last_step_tokens=last))
+        return out

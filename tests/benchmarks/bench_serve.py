@@ -1,0 +1,188 @@
+"""Throughput and latency of `brickwork serve` under concurrent clients on loopback.
+
+Starts `python -m orchestrator.cli serve` on the toy world (a subprocess on a free port), then for each level of
+concurrency (1, 8, 32, 128 clients at once by default) sends `--requests` chat completions from that many
+closed-loop clients (each sends its next request when its answer comes) over HTTP, and prints per level:
+requests, errors (non-200 answers, transport failures and wrong answers), requests/s, speedup against one client,
+p50 and p99 latency, the mean batch the server formed; and the server's RSS over the run.
+
+    python tests/benchmarks/bench_serve.py [--requests 256] [--clients 1 8 32 128] [--max-batch 32] [--repeat 1]
+                                           [--tasks mixed|reverse]
+
+Goals (issue #17): >= 5x the requests/s of one client at 32 clients; p99 <= 3x p50 at 32 clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+log = logging.getLogger("bench_serve")
+
+WORDS = ["planet", "garden", "silver", "window", "basket", "orange", "purple", "yellow", "candle", "forest", "bridge",
+         "castle", "dragon", "flower", "guitar", "hammer", "island", "jacket", "kitten", "monkey", "needle", "pencil"]
+# (model, instruction, expected answer of a word): one- and two-step plans, base model and LoRA bricks
+TASKS = [("brickwork", "Reverse the text.", lambda w: w[::-1]),
+         ("brickwork", "Convert to uppercase.", str.upper),
+         ("brickwork", "Reverse the text, then convert to uppercase.", lambda w: w[::-1].upper()),
+         ("brick:caesar", "Apply a Caesar shift of one.",
+          lambda w: "".join(chr((ord(c) - 97 + 1) % 26 + 97) for c in w)),
+         ("brickwork", "Double every letter.", lambda w: "".join(c + c for c in w))]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+class RssSampler(threading.Thread):
+    """Samples a process's resident memory every `every` seconds."""
+
+    def __init__(self, pid: int, every: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every, self.samples, self.done = pid, every, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.samples.append(_rss_mib(self.pid))
+            self.done.wait(self.every)
+
+
+def start_server(args) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "orchestrator.cli", "serve", "--port", str(port), "--log-level", "warning",
+           "--max-batch", str(args.max_batch), "--batch-wait-ms", str(args.batch_wait_ms), "--max-queue", "4096"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "BRICKWORK_API_KEY": "bench"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("the server did not start")
+
+
+async def level(url: str, clients: int, requests: int, time_limit: float, tasks: list = TASKS) -> dict:
+    """`requests` chat completions from `clients` closed-loop clients; latencies and errors."""
+    latencies: list[float] = []
+    errors = {"http": 0, "transport": 0, "wrong": 0}
+    counter = iter(range(requests))
+    headers = {"Authorization": "Bearer bench"}
+    stop_at = time.perf_counter() + time_limit
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=120) as http:
+        async def client() -> None:
+            for i in counter:
+                if time.perf_counter() > stop_at:
+                    return
+                model, instruction, answer = tasks[i % len(tasks)]
+                word = WORDS[(i // len(tasks)) % len(WORDS)]
+                body = {"model": model, "messages": [{"role": "user", "content": f"{instruction}\nInput: {word}"}]}
+                t0 = time.perf_counter()
+                try:
+                    r = await http.post("/v1/chat/completions", json=body)
+                except httpx.HTTPError:
+                    errors["transport"] += 1
+                    continue
+                latencies.append(time.perf_counter() - t0)
+                if r.status_code != 200:
+                    errors["http"] += 1
+                elif r.json()["choices"][0]["message"]["content"] != answer(word):
+                    errors["wrong"] += 1
+
+        before = (await http.get("/health")).json()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        wall = time.perf_counter() - t0
+        after = (await http.get("/health")).json()
+    batches = after["batches"] - before["batches"]
+    done = len(latencies)
+    q = statistics.quantiles(latencies, n=100, method="inclusive") if done >= 2 else [float("nan")] * 99
+    return {"clients": clients, "requests": done, "errors": errors, "rps": done / wall if wall else 0.0,
+            "p50": q[49] * 1000, "p99": q[98] * 1000, "batches": batches, "wall": wall,
+            "mean_batch": done / batches if batches else float("nan")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=256, help="Requests per level of concurrency.")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 128])
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0)
+    parser.add_argument("--time-limit", type=float, default=90.0, help="Seconds per level, at most.")
+    parser.add_argument("--tasks", choices=["mixed", "reverse"], default="mixed",
+                        help="mixed: one- and two-step plans, base model and LoRA bricks; reverse: one step, "
+                             "base model (one configuration: batching alone, no switching between adapters).")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="Run the sweep this many times; report each level's best run (other load on the machine "
+                             "only slows runs down).")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    proc, url = start_server(args)
+    sampler = RssSampler(proc.pid)
+    sampler.start()
+    try:
+        rss_start = _rss_mib(proc.pid)
+        asyncio.run(level(url, 4, 40, 60))  # warm-up: adapters loaded, merges cached
+        tasks = TASKS if args.tasks == "mixed" else TASKS[:1]
+        runs = [[asyncio.run(level(url, c, max(args.requests, c), args.time_limit, tasks)) for c in args.clients]
+                for _ in range(max(1, args.repeat))]
+        rows = [max((run[i] for run in runs), key=lambda r: r["rps"]) for i in range(len(args.clients))]
+        rss_end = _rss_mib(proc.pid)
+    finally:
+        sampler.done.set()
+        proc.terminate()
+        proc.wait(30)
+    base = rows[0]["rps"] if rows and rows[0]["clients"] == 1 else None
+    log.info("%7s %8s %7s %9s %8s %9s %9s %7s %10s", "clients", "requests", "errors", "req/s", "speedup", "p50 ms",
+             "p99 ms", "p99/p50", "mean batch")
+    for r in rows:
+        speed = f"{r['rps'] / base:.1f}x" if base else "-"
+        errs = sum(r["errors"].values())
+        log.info("%7d %8d %7d %9.1f %8s %9.1f %9.1f %7.2f %10.1f", r["clients"], r["requests"], errs, r["rps"], speed,
+                 r["p50"], r["p99"], r["p99"] / r["p50"], r["mean_batch"])
+        if errs:
+            log.info("        errors at %d clients: %s", r["clients"], r["errors"])
+    samples = [s for s in sampler.samples if s == s]
+    log.info("server RSS: start %.0f MiB, end %.0f MiB, peak %.0f MiB (%d samples)", rss_start, rss_end,
+             max(samples) if samples else float("nan"), len(samples))
+    at32 = next((r for r in rows if r["clients"] == 32), None)
+    if at32 and base:
+        log.info("goals at 32 clients: throughput %.1fx one client (goal >= 5x): %s; p99/p50 %.2f (goal <= 3): %s",
+                 at32["rps"] / base, "met" if at32["rps"] / base >= 5 else "NOT met", at32["p99"] / at32["p50"],
+                 "met" if at32["p99"] / at32["p50"] <= 3 else "NOT met")
+
+
+if __name__ == "__main__":
+    main()

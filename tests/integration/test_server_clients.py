@@ -1,0 +1,114 @@
+"""`brickwork serve` started as a command (a subprocess on a free loopback port), called by LangChain's
+ChatOpenAI; and the command's options, key from the environment included."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+langchain_openai = pytest.importorskip("langchain_openai")
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "env-key"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served():
+    """The URL of `python -m orchestrator.cli serve` on the toy world, its API key from BRICKWORK_API_KEY."""
+    port = free_port()
+    env = {**os.environ, "BRICKWORK_API_KEY": KEY, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "serve", "--port", str(port), "--log-level",
+                             "warning", "--batch-wait-ms", "10"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"brickwork serve did not start: {proc.stdout.read()}")
+        time.sleep(0.2)
+    yield url
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def chat(served):
+    return langchain_openai.ChatOpenAI(base_url=served + "/v1", api_key=KEY, model="brickwork", max_retries=0,
+                                       temperature=0)
+
+
+def test_chat_openai_invoke_batch_and_stream(chat):
+    msg = chat.invoke("Reverse the text, then convert to uppercase.\nInput: planet")
+    assert msg.content == "TENALP"
+    assert msg.usage_metadata["output_tokens"] == 12
+    outs = [m.content for m in chat.batch(["Reverse the text.\nInput: garden", "Double every letter.\nInput: abc",
+                                           "What is the sum?\nInput: 12 30"])]
+    assert outs == ["nedrag", "aabbcc", "42"]
+    chunks = chat.stream("Remove the vowels, then convert to uppercase.\nInput: planet")
+    assert "".join(c.content for c in chunks) == "PLNT"
+
+
+def test_chat_openai_with_a_brick_model_and_extra_body(served):
+    caesar = langchain_openai.ChatOpenAI(base_url=served + "/v1", api_key=KEY, model="brick:caesar", max_retries=0,
+                                         extra_body={"input": "abc"})
+    assert caesar.invoke("Apply a Caesar shift of one.").content == "bcd"
+    nope = langchain_openai.ChatOpenAI(base_url=served + "/v1", api_key=KEY, model="brick:nope", max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        nope.invoke("Apply a Caesar shift of one.\nInput: abc")
+
+
+def test_the_key_comes_from_the_environment(served):
+    assert httpx.get(served + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    assert httpx.get(served + "/v1/models").status_code == 401
+
+
+def test_serve_options_reach_the_config(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import orchestrator.integrations.server as server
+    from orchestrator.api import Orchestrator
+    from orchestrator.cli import app
+
+    seen = {}
+    monkeypatch.setattr(server, "serve", lambda config, orc, **kw: seen.setdefault("config", config))
+    fake = type("FakeOrchestrator", (), {"close": lambda self: None})
+    monkeypatch.setattr(Orchestrator, "from_pretrained", lambda *a, **kw: fake())
+    monkeypatch.setenv("BRICKWORK_API_KEY", "from-env")
+    result = CliRunner().invoke(app, ["serve", "--port", "9001", "--admin-key", "adm", "--admin-folder", str(tmp_path),
+                                      "--max-batch", "8", "--batch-wait-ms", "2", "--max-queue", "16"])
+    assert result.exit_code == 0, result.output
+    c = seen["config"]
+    assert (c.host, c.port, c.api_key, c.admin_key, c.admin_folder) == ("127.0.0.1", 9001, "from-env", "adm", tmp_path)
+    assert (c.max_batch, c.batch_wait_ms, c.max_queue, c.executor) == (8, 2.0, 16, "transformers")
+    result = CliRunner().invoke(app, ["serve", "--admin-key", "from-env"])
+    assert result.exit_code == 2 and "must differ" in result.output
+    result = CliRunner().invoke(app, ["serve", "--executor", "tpu"])
+    assert result.exit_code == 2 and "executor" in result.output
+    monkeypatch.undo()
+    result = CliRunner().invoke(app, ["serve", "--model", str(tmp_path / "no-model")])
+    assert result.exit_code == 2 and result.output.startswith("error: ") and len(result.output.splitlines()) == 1
