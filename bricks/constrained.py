@@ -37,9 +37,12 @@ def generate_constrained(model, tokenizer, prompt: str, is_prefix: Callable[[str
     """
     import torch
 
+    from bricks.device import model_device
+
+    device = model_device(model)
     texts = _token_texts(tokenizer)
     eos = tokenizer.eos_token_id
-    ids = torch.tensor([encode_prompt(tokenizer, prompt)])  # [1, T]
+    ids = torch.tensor([encode_prompt(tokenizer, prompt)], device=device)  # [1, T]
     out, past = "", None
     with torch.inference_mode():
         for _ in range(max_new_tokens):
@@ -59,5 +62,5 @@ def generate_constrained(model, tokenizer, prompt: str, is_prefix: Callable[[str
                     break
             if chosen is None or is_complete(out):
                 return out
-            ids = torch.tensor([[chosen]])  # [1, 1]: the cache holds the rest
+            ids = torch.tensor([[chosen]], device=device)  # [1, 1]: the cache holds the rest
     return out

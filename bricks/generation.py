@@ -22,8 +22,11 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     """
     import torch
 
+    from bricks.device import model_device
+
     if not prompts:
         return []
+    device = model_device(model)  # every input is built where the model's first layer is
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -38,6 +41,7 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
             for row, i in enumerate(chunk):  # left padding: every prompt ends at the last column
                 ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
                 mask[row, width - len(encoded[i]) :] = 1
+            ids, mask = ids.to(device), mask.to(device)  # filled on the CPU, copied once per batch
             out = model.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
                 eos_token_id=tokenizer.eos_token_id, **sampling,

@@ -43,17 +43,27 @@ def load_tokenizer(model_dir: Path):
     return tok
 
 
-def load_model(model_dir: Path, *, dtype: str = "auto", trust_remote_code: bool = False):
-    """Load a causal LM from safetensors only, in eval mode."""
+def load_model(model_dir: Path, *, dtype: str = "auto", trust_remote_code: bool = False, device: str | None = "auto",
+               device_map: str | dict | None = None):
+    """Load a causal LM from safetensors only, in eval mode, on `device` ("auto", "cpu", "cuda", "cuda:N"; see
+    `bricks.device`). `device_map` (e.g. "auto": spread over every GPU, for a model too large for one) is passed
+    to transformers instead of moving the model to `device`; inputs then go to its first parameter's device."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from bricks.device import resolve_device, resolve_dtype
+
+    where = resolve_device(device)  # a missing GPU or an unknown device fails here, before any file is read
+    dtype = resolve_dtype(dtype, where)
     path = check_model_dir(model_dir)
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+    placement = {"device_map": device_map} if device_map is not None else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+            str(path), dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **placement
         )
+        if device_map is None and where != "cpu":
+            model = model.to(where)
     except (OSError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"cannot load model from {str(path)!r}: {first}") from None

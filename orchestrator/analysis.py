@@ -118,11 +118,12 @@ _ATTRIBUTION_NOTE = (
 
 def run_analysis(model_dir: Path, data: Path, out: Path, *, budget: float, keep_budget: float, k: int, limit: int,
                  skill_prompts, profile, only: str | None = None, profile_data: Path | None = None,
-                 keep_criterion: str = "attribution") -> dict:
+                 keep_criterion: str = "attribution", device: str = "auto") -> dict:
     """Write the plots and `summary.md` into `out`; return the summary (also `summary.json`).
 
     Keep-only bricks are the `keep_budget` share of all FFN neurons ranked across layers by `keep_criterion`
-    (default `attribution`: |activation x gradient| of the profiled rows' gold answers).
+    (default `attribution`: |activation x gradient| of the profiled rows' gold answers). `profile` loads the
+    model on `device` ("auto", "cpu", "cuda", "cuda:N"); the statistics and masks stay on the CPU.
     """
     import torch
 
@@ -147,7 +148,8 @@ def run_analysis(model_dir: Path, data: Path, out: Path, *, budget: float, keep_
         if (profile_data is not None or i % 2 == 1) and per_skill.get(r["skills"][0], 0) < limit:
             per_skill[r["skills"][0]] = per_skill.get(r["skills"][0], 0) + 1
             held.append(r)
-    model, tok, prof = profile(Path(model_dir), fit, "profiling", attribution=keep_criterion == "attribution")
+    model, tok, prof = profile(Path(model_dir), fit, "profiling", attribution=keep_criterion == "attribution",
+                               device=device)
     out.mkdir(parents=True, exist_ok=True)
     skills = prof.skills
 

@@ -38,15 +38,15 @@ def make_decomposer(spec, engine=None):
             raise ConfigError("decomposer 'model' needs an executor with constrained decoding (transformers)")
         return ModelDecomposer(lm=engine.complete_constrained)
     if spec.startswith("model:"):
-        return ModelDecomposer(lm=_planner_model(Path(spec[len("model:"):])))
+        return ModelDecomposer(lm=_planner_model(Path(spec[len("model:"):]), getattr(engine, "device", "auto")))
     raise ConfigError(f"unknown decomposer {spec!r}; expected rules, single, model or model:PATH")
 
 
-def _planner_model(folder: Path):
+def _planner_model(folder: Path, device: str = "auto"):
     from bricks.constrained import generate_constrained
     from bricks.model_io import load_model, load_tokenizer
 
-    model, tokenizer = load_model(folder), load_tokenizer(folder)
+    model, tokenizer = load_model(folder, device=device), load_tokenizer(folder)  # beside the executor's model
     return lambda prompt, grammar: generate_constrained(model, tokenizer, prompt, grammar.is_prefix,
                                                         grammar.is_complete)
 
@@ -71,7 +71,10 @@ class Orchestrator:
         """Open a model folder and a library (None for either: the toy world's) and start an executor.
 
         `executor` is "transformers" (default) or "vllm" (`VllmExecutor`: one vLLM engine, multi-LoRA and
-        per-request FFN masks in mixed batches); `executor_options` go to its constructor. `decomposer` is a Decomposer, or "rules" (default), "single", "model" (the base model writes the steps
+        per-request FFN masks in mixed batches); `executor_options` go to its constructor (transformers:
+        `device="auto"` (a GPU when torch sees one) | "cpu" | "cuda" | "cuda:N", `device_map="auto"` for a model
+        too large for one GPU, `dtype`, `batch_size`, ...). `decomposer` is a Decomposer, or "rules" (default),
+        "single", "model" (the base model writes the steps
         as constrained JSON, rules as fallback) or "model:PATH" (a planner model folder does). `composition`
         (policies.Composition) says how steps routed to several bricks merge them. A model whose fingerprint is not
         the library's base model's is refused (IncompatibleBrickError naming both) before anything is loaded.

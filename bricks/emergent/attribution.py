@@ -37,8 +37,11 @@ def attribution_scores(model, tokenizer, examples: Iterable[tuple[str, str, str]
     import torch
     import torch.nn.functional as F
 
+    from bricks.device import model_device
+
     layout = ffn_layout(model)
     L, I = layout.num_layers, layout.intermediate_size
+    device = model_device(model)  # the batches go there; the per-skill sums are kept on the CPU
     acts: list = [None] * L
 
     def hook(layer):
@@ -64,13 +67,15 @@ def attribution_scores(model, tokenizer, examples: Iterable[tuple[str, str, str]
             ids[r, : len(p) + len(a)] = torch.tensor(p + a)
             mask[r, : len(p) + len(a)] = 1
             labels[r, len(p): len(p) + len(a)] = torch.tensor(a)
+        ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
         with torch.enable_grad():
             logits = model(input_ids=ids, attention_mask=mask).logits
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100,
+            target = labels[:, 1:].flatten().to(logits.device)  # the lm_head's device (last GPU with a device_map)
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target, ignore_index=-100,
                                    reduction="sum")  # summed: each example's gradient is its own
             grads = torch.autograd.grad(loss, acts)
         m = mask[:, :, None].float()
-        per = torch.stack([(a.detach().float() * g.float()).abs().mul(m).sum(1)
+        per = torch.stack([(a.detach().float() * g.float()).abs().mul(m.to(a.device)).sum(1).cpu()
                            for a, g in zip(acts, grads)], 1)  # [B, L, I]
         for r, (skill, _, _) in enumerate(batch):
             if skill not in sums:

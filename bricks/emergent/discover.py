@@ -25,13 +25,11 @@ CRITERIA = ("specific", "active", "contribution", "attribution")
 
 
 def down_proj_norms(model):
-    """[L, I] norms of every layer's down_proj columns (how strongly each neuron writes), for `contribution`."""
-    import torch
-
+    """[L, I] norms of every layer's down_proj columns (how strongly each neuron writes), for `contribution`; on
+    the CPU, beside the profile they are multiplied with, wherever the model's layers are."""
     from bricks.emergent.layout import ffn_layout
 
-    return torch.stack([getattr(m.down_proj, "base_layer", m.down_proj).weight.detach().float().norm(dim=0)
-                        for m in ffn_layout(model).mlps])
+    return ffn_layout(model).down_norms()  # the family's down projection (a Conv1D's rows, a Linear's columns)
 
 
 def supervised_masks(profile: NeuronProfile, skill: str, *, budget: float = 0.3, criterion: str = "specific",

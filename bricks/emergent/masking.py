@@ -2,7 +2,8 @@
 
 A mask is {layer: bool tensor [intermediate_size]}; layers it does not list run dense. `mode="keep"` runs
 only the masked neurons, `mode="ablate"` runs all but them. A layer with no neuron left contributes nothing
-(its FFN output is zero and the residual stream passes through): a way to skip FFNs, not an error.
+(its FFN output is zero, or down's bias where it has one, and the residual stream passes through): a way to
+skip FFNs, not an error.
 Masked and compact give the same outputs; compact is cheaper, since the FFN matrices really shrink.
 """
 
@@ -39,22 +40,22 @@ def _check(layout, masks: Masks) -> None:
             raise ConfigError(f"mask for layer {layer}, but the model has layers 0..{layout.num_layers - 1}")
         if m.dim() != 1 or m.numel() != layout.intermediate_size:
             raise ConfigError(f"mask for layer {layer} has shape {list(m.shape)}, expected "
-                             f"[{layout.intermediate_size}] (mlp.down_proj input)")
+                             f"[{layout.intermediate_size}] ({layout.family.mlp}.{layout.family.down} input)")
 
 
 @contextlib.contextmanager
 def apply_masks(model, masks: Masks, mode: str = "keep") -> Iterator[None]:
-    """Within the block, neurons outside the kept set output zero (a pre-hook on every masked down_proj)."""
+    """Within the block, neurons outside the kept set output zero (a pre-hook on every masked down projection)."""
     layout = ffn_layout(model)
     _check(layout, masks)
     handles = []
     for layer, keep in kept_neurons(masks, mode).items():
-        scale = keep.float()  # [I]
+        scale = keep.float().to(_linear(layout.down(layer)).weight.device)  # [I], where the layer runs
 
         def pre(module, args, scale=scale):
             return (args[0] * scale.to(args[0].dtype),) + tuple(args[1:])
 
-        handles.append(layout.mlps[layer].down_proj.register_forward_pre_hook(pre))
+        handles.append(layout.down(layer).register_forward_pre_hook(pre))
     try:
         yield
     finally:
@@ -63,8 +64,13 @@ def apply_masks(model, masks: Masks, mode: str = "keep") -> Iterator[None]:
 
 
 class _ZeroFfn:
+    """An FFN with no neuron left: zero, plus down's bias in the families that have one (as when masked)."""
+
+    def __init__(self, bias=None):
+        self.bias = bias
+
     def __call__(self, x):
-        return x * 0
+        return x * 0 if self.bias is None else x * 0 + self.bias.to(x.dtype)
 
 
 def _linear(holder):
@@ -81,48 +87,30 @@ def _put(mlp, name: str, lin) -> None:
 
 @contextlib.contextmanager
 def compact_ffn(model, masks: Masks, mode: str = "keep") -> Iterator[None]:
-    """Within the block, every masked layer's gate/up/down are replaced by matrices of the kept neurons only.
+    """Within the block, every masked layer's FFN projections (gate/up/down, a fused gate_up, or up/down without
+    a gate; see bricks.families) are replaced by matrices of the kept neurons only.
 
     Run it with no LoRA adapter active (inside PEFT's `disable_adapter()` the plain Linear inside each LoRA
     wrapper is swapped); the original modules are put back on exit.
     """
-    import torch
-    import torch.nn as nn
-
     layout = ffn_layout(model)
     _check(layout, masks)
+    names = layout.projections()
     saved = []
     try:
         for layer, keep in kept_neurons(masks, mode).items():
             mlp = layout.mlps[layer]
-            gate, up, down = (_linear(getattr(mlp, n)) for n in ("gate_proj", "up_proj", "down_proj"))
-            saved.append((mlp, gate, up, down))
-            idx = keep.nonzero().flatten()  # [K]
+            saved.append((mlp, {n: _linear(getattr(mlp, n)) for n in names}))
+            idx = keep.nonzero().flatten().to(_linear(layout.down(layer)).weight.device)  # [K], on the layer's device
             if idx.numel() == 0:
-                mlp.forward = _ZeroFfn()
+                mlp.forward = _ZeroFfn(_linear(layout.down(layer)).bias)
                 continue
-            with torch.no_grad():
-                small = []
-                for big in (gate, up):
-                    lin = nn.Linear(big.in_features, idx.numel(), bias=big.bias is not None,
-                                    dtype=big.weight.dtype, device=big.weight.device)
-                    lin.weight.copy_(big.weight[idx])  # [K, H]
-                    if big.bias is not None:
-                        lin.bias.copy_(big.bias[idx])
-                    small.append(lin)
-                lin = nn.Linear(idx.numel(), down.out_features, bias=down.bias is not None,
-                                dtype=down.weight.dtype, device=down.weight.device)
-                lin.weight.copy_(down.weight[:, idx])  # [H, K]
-                if down.bias is not None:
-                    lin.bias.copy_(down.bias)
-            _put(mlp, "gate_proj", small[0])
-            _put(mlp, "up_proj", small[1])
-            _put(mlp, "down_proj", lin)
+            for name, small in layout.shrunk(layer, idx).items():  # gate/up rows and down columns of the kept
+                _put(mlp, name, small)
         yield
     finally:
-        for mlp, gate, up, down in reversed(saved):
-            _put(mlp, "gate_proj", gate)
-            _put(mlp, "up_proj", up)
-            _put(mlp, "down_proj", down)
+        for mlp, originals in reversed(saved):
+            for name, module in originals.items():
+                _put(mlp, name, module)
             if isinstance(mlp.__dict__.get("forward"), _ZeroFfn):
                 del mlp.forward

@@ -108,8 +108,11 @@ def profile_neurons(model, tokenizer, prompts: Iterable[tuple[str, str]], *, bat
     """Profile every FFN neuron over (skill, prompt) pairs, streamed in batches (see the module docstring)."""
     import torch
 
+    from bricks.device import model_device
+
     layout = ffn_layout(model)
     L, I = layout.num_layers, layout.intermediate_size
+    device = model_device(model)  # the batches go there; the statistics are kept on the CPU
     skills: dict[str, int] = {}
     acc = {k: torch.zeros(0, L, I, dtype=torch.float64) for k in ("sum_abs", "sum_sq", "sum_active")}
     count = torch.zeros(0, dtype=torch.long)
@@ -126,7 +129,7 @@ def profile_neurons(model, tokenizer, prompts: Iterable[tuple[str, str]], *, bat
     def hook(layer):
         def pre(module, args):
             a = args[0].detach().abs().float()  # [B, T, I]
-            m = mask_holder[0][:, :, None]  # [B, T, 1] real tokens
+            m = mask_holder[0][:, :, None].to(a.device)  # [B, T, 1] real tokens (a layer's own device)
             n = m.sum(1).clamp(min=1)  # [B, 1]
             active = (a > eps) & m.bool()
             captured[layer] = ((a * m).sum(1) / n, active.sum(1) / n)  # prompt mean |a|, active share: [B, I]
@@ -147,12 +150,13 @@ def profile_neurons(model, tokenizer, prompts: Iterable[tuple[str, str]], *, bat
         for r, e in enumerate(enc):
             ids[r, : len(e)] = torch.tensor(e)
             mask[r, : len(e)] = 1
+        ids, mask = ids.to(device), mask.to(device)
         mask_holder[0] = mask.float()
         tokens += int(mask.sum())
         with torch.inference_mode():
             model(input_ids=ids, attention_mask=mask)
-        means = torch.stack([c[0] for c in captured], 1)  # [B, L, I]
-        shares = torch.stack([c[1] for c in captured], 1)  # [B, L, I]
+        means = torch.stack([c[0].cpu() for c in captured], 1)  # [B, L, I]
+        shares = torch.stack([c[1].cpu() for c in captured], 1)  # [B, L, I]
         for r, (skill, prompt) in enumerate(batch):
             if skill not in skills:
                 skills[skill] = len(skills)

@@ -52,12 +52,16 @@ class FfnMaskBrick:
         return sum(int(m.sum()) for m in masks.values()) / total if total else 0.0
 
     def check_fits(self, model_config) -> None:
+        """Raise one IncompatibleBrickError listing every layer whose mask does not fit the model's FFN."""
+        from bricks.families import intermediate_size
+
+        neurons = intermediate_size(model_config)
         problems = []
         for layer, m in self.masks().items():
             if layer >= model_config.num_hidden_layers:
                 problems.append(f"layer {layer} but the model has {model_config.num_hidden_layers}")
-            if m.numel() != model_config.intermediate_size:
-                problems.append(f"layer {layer} mask has {m.numel()} neurons, expected {model_config.intermediate_size}")
+            if m.numel() != neurons:
+                problems.append(f"layer {layer} mask has {m.numel()} neurons, expected {neurons}")
         if problems:
             raise IncompatibleBrickError(f"ffn_mask brick {self.manifest.key} does not fit the base model: "
                                          + "; ".join(problems))

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-_TENSOR = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:[A-Za-z0-9_]+\.)*?([A-Za-z0-9_]+)\.lora_([AB])\.weight$")
+# group 2: the module's path inside decoder layer N (self_attn.q_proj, mlp.c_proj); GPT-2 calls its layers h.N
+_TENSOR = re.compile(r"(?:^|\.)(?:layers|h)\.(\d+)\.((?:[A-Za-z0-9_]+\.)*?[A-Za-z0-9_]+)\.lora_([AB])\.weight$")
 TENSOR_PATTERN = "...layers.N.<module>.lora_A.weight / lora_B.weight"  # what every adapter tensor must look like
 
 
@@ -46,13 +47,23 @@ class LoraBrickConfig(BaseModel):
 
 
 def _module_dims(cfg) -> dict[str, tuple[int, int]]:
-    """(in, out) features of each projection of a Llama/Mistral/Qwen-style decoder layer."""
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    h, i = cfg.hidden_size, cfg.intermediate_size
-    return {"q_proj": (h, cfg.num_attention_heads * head_dim), "k_proj": (h, kv * head_dim),
-            "v_proj": (h, kv * head_dim), "o_proj": (cfg.num_attention_heads * head_dim, h),
-            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+    """(in, out) features of each projection of the model's decoder layer, from its family's entry in
+    bricks.families (UnsupportedFamilyError, an IncompatibleBrickError, for a family with none); {} without cfg."""
+    from bricks.families import module_dims
+
+    return module_dims(cfg) if cfg is not None else {}
+
+
+def _module_of(dims, path: str) -> str | None:
+    """The key of `dims` that the module at `path` (inside a decoder layer) is: its name, or parent.name where
+    `dims` qualifies an ambiguous name (GPT-2's attn.c_proj / mlp.c_proj); None if none."""
+    parts = path.split(".")
+    return next((k for k in (".".join(parts[-n:]) for n in range(1, len(parts) + 1)) if k in dims), None)
+
+
+def _names(dims) -> set[str]:
+    """Every name a target module may use for a module of `dims` (qualified or not)."""
+    return set(dims) | {k.rsplit(".", 1)[-1] for k in dims}
 
 
 def _pattern_matches(pattern: str, names: list[str]) -> bool:
@@ -99,11 +110,11 @@ class LoraBrick:
     def name_problems(self, model_config=None) -> tuple[list[str], list[str]]:
         """(tensors that match a module of the model, one line per name that does not).
 
-        With `model_config` (a Llama/Mistral/Qwen-style transformers config) the modules are the model's
+        With `model_config` (a transformers config of a family in bricks.families) the modules are the model's
         projections and its layer count; without one, every tensor must match the LoRA layer pattern
         (`TENSOR_PATTERN`) and every target module must be a module found in those tensor names.
         """
-        dims = _module_dims(model_config) if hasattr(model_config, "intermediate_size") else {}
+        dims = _module_dims(model_config)
         layers = getattr(model_config, "num_hidden_layers", None)
         matched, problems, found = [], [], set()
         for name in sorted(self.tensor_shapes()):
@@ -111,15 +122,16 @@ class LoraBrick:
             if not m:
                 problems.append(f"tensor {name!r} matches no LoRA layer (expected {TENSOR_PATTERN})")
                 continue
-            layer, module = int(m.group(1)), m.group(2)
+            layer, path = int(m.group(1)), m.group(2)
+            module = _module_of(dims, path) or path.rsplit(".", 1)[-1]
             if dims and module not in dims:
                 problems.append(f"tensor {name!r}: module {module!r} is not in the model (has {', '.join(dims)})")
             elif layers is not None and layer >= layers:
                 problems.append(f"tensor {name!r}: layer {layer} but the model has {layers}")
             else:
                 matched.append(name)
-                found.add(module)
-        known = set(dims) or found
+                found |= _names({module: None})
+        known = _names(dims) or found
         for target in self._targets():
             if target.startswith("(") or any(c in target for c in "*?[]|\\"):
                 if not _pattern_matches(target, matched):
@@ -150,16 +162,17 @@ class LoraBrick:
     def check_fits(self, model_config) -> None:
         """Raise one IncompatibleBrickError listing every tensor name, target module or shape that does not fit."""
         problems: list[str] = []
-        dims = _module_dims(model_config) if hasattr(model_config, "intermediate_size") else {}
+        dims = _module_dims(model_config)
         if dims:
             problems += [f"target module {t!r} not in the model" for t in self._targets()
-                         if t not in dims and not t.startswith("(")]
+                         if t not in _names(dims) and not t.startswith("(")]
         for name, shape in self.tensor_shapes().items():
             m = _TENSOR.search(name)
             if not m:
                 problems.append(f"tensor {name!r} matches no LoRA layer (expected {TENSOR_PATTERN})")
                 continue
-            layer, module, ab = int(m.group(1)), m.group(2), m.group(3)
+            layer, path, ab = int(m.group(1)), m.group(2), m.group(3)
+            module = _module_of(dims, path) or path.rsplit(".", 1)[-1]
             if layer >= model_config.num_hidden_layers:
                 problems.append(f"{name}: layer {layer} but the model has {model_config.num_hidden_layers}")
             if dims and module not in dims:

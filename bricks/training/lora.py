@@ -98,6 +98,9 @@ def train_lora(base_model, tokenizer, rows: Sequence[InstructionRow], cfg: LoraT
         model = PeftModel.from_pretrained(base_model, init_from, adapter_name=adapter_name, is_trainable=True)
     else:
         model = get_peft_model(base_model, peft_cfg, adapter_name=adapter_name)
+    from bricks.device import model_device
+
+    device = model_device(model)  # batches go where the (frozen) base model and its fresh adapter are
     encoded = [encode_example(tokenizer, template, r.instruction, r.input, r.output) for r in train_rows]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
@@ -110,7 +113,7 @@ def train_lora(base_model, tokenizer, rows: Sequence[InstructionRow], cfg: LoraT
             group["lr"] = warmup_cosine(step, cfg.max_steps, cfg.warmup, cfg.lr)
         rng = random.Random(f"lora:{cfg.seed}:{step}")
         batch = [encoded[rng.randrange(len(encoded))] for _ in range(cfg.batch_size)]
-        ids, mask, labels = collate(batch, tokenizer.pad_token_id)
+        ids, mask, labels = collate(batch, tokenizer.pad_token_id, device)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

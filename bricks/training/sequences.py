@@ -20,8 +20,9 @@ def encode_example(tokenizer, template: PromptTemplate, instruction: str, input:
     return prompt_ids + output_ids, [IGNORE_INDEX] * len(prompt_ids) + output_ids
 
 
-def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int):
-    """Right-pad a batch: input_ids [B, T], attention_mask [B, T], labels [B, T] (shifted inside the model)."""
+def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int, device=None):
+    """Right-pad a batch: input_ids [B, T], attention_mask [B, T], labels [B, T] (shifted inside the model), on
+    `device` (None: the CPU)."""
     import torch
 
     width = max(len(ids) for ids, _ in examples)
@@ -32,6 +33,8 @@ def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int):
         ids[row, : len(x)] = torch.tensor(x)
         labels[row, : len(y)] = torch.tensor(y)
         mask[row, : len(x)] = 1
+    if device is not None:
+        ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
     return ids, mask, labels
 
 

@@ -122,18 +122,21 @@ def train_brick(model_dir: Path, rows: Sequence[InstructionRow], spec: BrickSpec
                 cfg: LoraTrainConfig = LoraTrainConfig(), target_modules: Sequence[str] | None = None,
                 update: bool = False, continue_training: bool = False,
                 eval_rows: Sequence[InstructionRow] = (), measure_base: bool = True,
-                on_step: StepCallback | None = None) -> TrainedBrick:
+                on_step: StepCallback | None = None, device: str | None = "auto") -> TrainedBrick:
     """Train a LoRA brick on `rows` for the model in `model_dir` and add it to `library`.
 
     `update` makes it a new version of an existing id (the new version becomes active; old ones are kept);
     otherwise an existing id is refused. `continue_training` starts from the active version's adapter.
-    `target_modules` None derives them from the model. Metrics stored in the manifest: held-out exact match
+    `target_modules` None derives them from the model; it trains on `device` ("auto": a GPU when torch sees one,
+    see `bricks.device`). Metrics stored in the manifest: held-out exact match
     of the brick (and of the base model alone), steps, rows, seconds, and exact match on `eval_rows` if given.
     """
+    from bricks.device import resolve_device
     from bricks.fingerprint import model_fingerprint
     from bricks.model_io import load_model, load_tokenizer
     from bricks.training.export import write_lora_brick
 
+    device = resolve_device(device)  # a GPU that is not there: one line, before minutes of checks and training
     t0 = time.perf_counter()
     rows = list(rows)
     check_training_rows(rows)
@@ -150,7 +153,7 @@ def train_brick(model_dir: Path, rows: Sequence[InstructionRow], spec: BrickSpec
                                      f"{library.base_model.fingerprint}")
     template = PromptTemplate(spec.prompt_template) if spec.prompt_template else DEFAULT_TEMPLATE
     tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir)
+    model = load_model(model_dir, device=device)
     targets = tuple(target_modules) if target_modules else lora_target_modules(model)
     cfg = replace(cfg, target_modules=targets)
     _, holdout = split_holdout(rows, cfg)

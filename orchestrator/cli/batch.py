@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from orchestrator.cli.root import LibraryOpt, ModelOpt, app, fail, first_line, user_errors
+from orchestrator.cli.root import DeviceOpt, LibraryOpt, ModelOpt, app, executor_options, fail, first_line, user_errors
 
 __all__ = ["batch", "report_rows"]
 
@@ -80,6 +80,7 @@ def batch(input_path: Path = typer.Argument(..., metavar="IN", help="JSONL, CSV 
           gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker"),
           model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt,
           executor: str = typer.Option("transformers", "--executor", help="transformers | vllm"),
+          device: str = DeviceOpt,
           as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
           quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")) -> None:
     """Run every row of IN and append one row per id to OUT; a rerun resumes where the last run stopped.
@@ -95,6 +96,10 @@ def batch(input_path: Path = typer.Argument(..., metavar="IN", help="JSONL, CSV 
         fail(f"unknown engine {engine!r}; expected local or ray")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
+        if engine == "local":  # checked here, before OUT is claimed; Ray workers check their own devices
+            options = executor_options(executor, device)
+        else:
+            options = {"device": device} if executor == "transformers" and device != "auto" else {}
         lib = open_library(library)
         check_base_model(model_dir(model), lib.base_model, lib.path)  # before OUT is claimed for this model
         if engine == "ray":
@@ -144,11 +149,11 @@ def batch(input_path: Path = typer.Argument(..., metavar="IN", help="JSONL, CSV 
 
             summary = run_ray(job, model=model, library=library, executor=executor, workers=workers,
                               address=address, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-                              progress=progress)
+                              progress=progress, executor_options=options)
         else:
             from orchestrator.api import Orchestrator
 
-            with Orchestrator.from_pretrained(model, library, executor) as orc:
+            with Orchestrator.from_pretrained(model, library, executor, **options) as orc:
                 if bar is not None:
                     report_rows(orc, rows_done, max(1, min(PROGRESS_ROWS, chunk_size)))
                 summary = run_local(job, orc, progress=progress)

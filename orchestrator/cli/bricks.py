@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from orchestrator.cli.root import LibraryOpt, ModelOpt, bricks_app, fail, first_line, user_errors
+from orchestrator.cli.root import DeviceOpt, LibraryOpt, ModelOpt, bricks_app, fail, first_line, user_errors
 
 __all__ = ["bricks_app"]
 
@@ -76,14 +76,16 @@ def _sync_index(lib, index: bool) -> None:
 def _train(*, data: Path, brick_id: str, description: str | None, examples: list[str], model: Path | None,
            library: Path | None, update: bool, continue_training: bool, eval_data: Path | None, steps: int,
            lr: float, rank: int, batch_size: int, target: float, eval_every: int, seed: int, index: bool,
-           as_json: bool) -> None:
+           as_json: bool, device: str = "auto") -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from bricks.device import resolve_device
     from bricks.rows import read_rows
     from bricks.training.lora import LoraTrainConfig
     from bricks.training.trainer import BrickSpec, check_brick_id, train_brick
 
     try:
+        device = resolve_device(device)  # a GPU that is not there: one line, before the rows are read
         lib = _library(library)
         rows = read_rows(data, require_output=True)
         eval_rows = read_rows(eval_data, require_output=True) if eval_data else []
@@ -109,7 +111,8 @@ def _train(*, data: Path, brick_id: str, description: str | None, examples: list
 
         try:
             trained = train_brick(_model_dir(model), rows, spec, lib, cfg=cfg, update=update,
-                                  continue_training=continue_training, eval_rows=eval_rows, on_step=on_step)
+                                  continue_training=continue_training, eval_rows=eval_rows, on_step=on_step,
+                                  device=device)
         finally:
             bar.stop()
         _sync_index(lib, index)
@@ -135,12 +138,12 @@ def bricks_train(data: Path = typer.Option(..., "--data", help="Training rows JS
                  eval_data: Optional[Path] = EvalDataOpt, steps: int = StepsOpt, lr: float = LrOpt,
                  rank: int = RankOpt, batch_size: int = BatchOpt, target: float = TargetOpt,
                  eval_every: int = EvalEveryOpt, seed: int = SeedOpt, index: bool = IndexOpt,
-                 as_json: bool = JsonOpt) -> None:
+                 as_json: bool = JsonOpt, device: str = DeviceOpt) -> None:
     """Train a LoRA brick on rows for the library's base model, measure it on a held-out part, and add it."""
     _train(data=data, brick_id=brick_id, description=description, examples=example or [], model=model,
            library=library, update=False, continue_training=False, eval_data=eval_data, steps=steps, lr=lr,
            rank=rank, batch_size=batch_size, target=target, eval_every=eval_every, seed=seed, index=index,
-           as_json=as_json)
+           as_json=as_json, device=device)
 
 
 @bricks_app.command("update")
@@ -159,7 +162,7 @@ def bricks_update(brick_id: str = typer.Argument(..., help="The brick to give a 
                   eval_data: Optional[Path] = EvalDataOpt, steps: int = StepsOpt, lr: float = LrOpt,
                   rank: int = RankOpt, batch_size: int = BatchOpt, target: float = TargetOpt,
                   eval_every: int = EvalEveryOpt, seed: int = SeedOpt, index: bool = IndexOpt,
-                  as_json: bool = JsonOpt, force: bool = ForceOpt) -> None:
+                  as_json: bool = JsonOpt, force: bool = ForceOpt, device: str = DeviceOpt) -> None:
     """Add a new version of a brick (trained on --data, or from --artifact); it becomes active, old ones stay."""
     if (data is None) == (artifact is None):
         fail("give exactly one of --data ROWS.jsonl or --artifact FOLDER")
@@ -167,7 +170,7 @@ def bricks_update(brick_id: str = typer.Argument(..., help="The brick to give a 
         _train(data=data, brick_id=brick_id, description=description, examples=example or [], model=model,
                library=library, update=True, continue_training=continue_training, eval_data=eval_data, steps=steps,
                lr=lr, rank=rank, batch_size=batch_size, target=target, eval_every=eval_every, seed=seed,
-               index=index, as_json=as_json)
+               index=index, as_json=as_json, device=device)
         return
     from bricks.manifest import BrickManifest
 

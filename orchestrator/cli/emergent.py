@@ -10,7 +10,7 @@ import typer
 
 from bricks.emergent.quality import DEFAULT_MIN_RETENTION, DEFAULT_MIN_SUPPORT, RETENTION_METRIC
 from bricks.errors import ConfigError
-from orchestrator.cli.root import LibraryOpt, ModelOpt, app, bricks_app, fail, first_line, user_errors
+from orchestrator.cli.root import DeviceOpt, LibraryOpt, ModelOpt, app, bricks_app, fail, first_line, user_errors
 
 __all__ = ["discover", "analyze"]
 
@@ -30,12 +30,12 @@ def _wanted(skills: Optional[str]) -> set[str] | None:
     return {s.strip() for s in skills.split(",") if s.strip()} if skills else None
 
 
-def _profile(model_dir: Path, examples, progress_label: str, *, attribution: bool = False):
-    """Load the model and profile its neurons on (skill, prompt, answer) examples (prompt + answer streamed);
-    with `attribution`, also score the neurons by gold-answer attribution (`profile.attribution`)."""
+def _profile(model_dir: Path, examples, progress_label: str, *, attribution: bool = False, device: str = "auto"):
+    """Load the model (on `device`) and profile its neurons on (skill, prompt, answer) examples (prompt + answer
+    streamed); with `attribution`, also score the neurons by gold-answer attribution (`profile.attribution`)."""
     from bricks.model_io import load_model, load_tokenizer
 
-    model, tok = load_model(model_dir), load_tokenizer(model_dir)
+    model, tok = load_model(model_dir, device=device), load_tokenizer(model_dir)
     return model, tok, _profiled(model, tok, examples, progress_label, attribution=attribution)
 
 
@@ -81,9 +81,11 @@ def discover(data: Path = typer.Option(..., "--data", help="JSONL rows with inst
                                              help="Quality gate: at least this many held-out rows the base model "
                                                   "answers right to measure a brick on."),
              keep_failing: bool = typer.Option(False, "--keep-failing", help="Add bricks that fail the gate "
-                                                                             "too, marked not routable.")) -> None:
+                                                                             "too, marked not routable."),
+             device: str = DeviceOpt) -> None:
     """Profile the model's FFN neurons on DATA, measure each candidate brick keep-only on held-out rows, and add
     the ones that keep at least --min-retention of the base model's right answers to the library."""
+    from bricks.device import resolve_device
     from bricks.emergent.discover import CRITERIA
     from bricks.emergent.pipeline import (
         add_candidates,
@@ -98,6 +100,7 @@ def discover(data: Path = typer.Option(..., "--data", help="JSONL rows with inst
     from orchestrator.factory import model_dir, open_library, open_planner
 
     try:
+        device = resolve_device(device)  # a GPU that is not there: one line, before the rows are read
         if mode not in ("supervised", "unsupervised"):
             raise ConfigError(f"unknown mode {mode!r}; expected supervised or unsupervised")
         if mode == "supervised" and criterion not in CRITERIA:
@@ -114,7 +117,7 @@ def discover(data: Path = typer.Option(..., "--data", help="JSONL rows with inst
         else:
             held = [r for r in read_rows(holdout) if len(r.skills) == 1 and (not wanted or r.skills[0] in wanted)]
         pairs, instructions = _skill_prompts_of(rows, data)
-        net, tok = load_model(model_dir(model)), load_tokenizer(model_dir(model))
+        net, tok = load_model(model_dir(model), device=device), load_tokenizer(model_dir(model))
         prof = _profiled(net, tok, pairs, "profiling", attribution=mode == "supervised" and criterion == "attribution")
         if mode == "supervised":
             found = skill_candidates(net, prof, instructions, budget=budget, criterion=criterion, scope=scope,
@@ -160,15 +163,18 @@ def analyze(data: Path = typer.Option(..., "--data", help="JSONL rows (instructi
             limit: int = typer.Option(100, "--limit", help="Evaluation rows per skill."),
             skills: Optional[str] = typer.Option(None, "--skills", help="Comma-separated skills to keep."),
             profile_data: Optional[Path] = typer.Option(None, "--profile-data",
-                                                        help="Rows to profile (default: the even rows of --data).")) -> None:
+                                                        help="Rows to profile (default: the even rows of --data)."),
+            device: str = DeviceOpt) -> None:
     """Activation sparsity, skill x cluster specialization, ablation and keep-only matrices (PNG + markdown)."""
+    from bricks.device import resolve_device
     from orchestrator.analysis import run_analysis
     from orchestrator.factory import model_dir
 
     try:
         summary = run_analysis(model_dir(model), data, out, budget=budget, keep_budget=keep_budget, k=k,
                                limit=limit, skill_prompts=_skill_prompts, profile=_profile, only=skills,
-                               profile_data=profile_data, keep_criterion=keep_criterion)
+                               profile_data=profile_data, keep_criterion=keep_criterion,
+                               device=resolve_device(device))
     except user_errors() as e:
         fail(first_line(e))
     typer.echo(json.dumps(summary["bars"], indent=2))

@@ -12,8 +12,8 @@ from typing import NoReturn
 
 import typer
 
-__all__ = ["app", "bricks_app", "index_app", "ModelOpt", "LibraryOpt", "fail", "first_line", "user_errors",
-           "debug_enabled", "package_version"]
+__all__ = ["app", "bricks_app", "index_app", "ModelOpt", "LibraryOpt", "DeviceOpt", "fail", "first_line",
+           "user_errors", "debug_enabled", "package_version", "executor_options"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="brickwork: an LLM configured out of bricks.")
 bricks_app = typer.Typer(no_args_is_help=True, help="Inspect the bricks of a library.")
@@ -23,6 +23,8 @@ app.add_typer(index_app, name="index")
 
 ModelOpt = typer.Option(None, "--model", help="HF model folder (default: the toy world's model).")
 LibraryOpt = typer.Option(None, "--library", help="Brick library folder (default: the toy world's library).")
+DeviceOpt = typer.Option("auto", "--device", help="Where the model runs: auto (a GPU when torch sees one, else "
+                                                  "the CPU) | cpu | cuda | cuda:N.")
 
 _state = {"debug": False}
 
@@ -73,3 +75,17 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """The exception types that are the user's input or environment being wrong (one line, exit 2)."""
     return (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
             KeyError, UnicodeDecodeError)
+
+
+def executor_options(executor: str, device: str) -> dict:
+    """The executor options `--device` gives, checked first: a CUDA device torch does not see is one line (exit 2)
+    before anything loads. vLLM places its model itself, so with it only `auto` (or a CUDA device it sees) goes."""
+    from bricks.device import resolve_device
+    from bricks.errors import ConfigError
+
+    resolved = resolve_device(device)
+    if executor == "vllm":
+        if resolved == "cpu" and str(device).strip().lower() != "auto":
+            raise ConfigError(f"--device {device!r} is for the transformers executor; vLLM places its model itself")
+        return {}
+    return {"device": resolved}

@@ -8,13 +8,24 @@ from typing import Optional
 
 import typer
 
-from orchestrator.cli.root import LibraryOpt, ModelOpt, app, bricks_app, fail, first_line, index_app, user_errors
+from orchestrator.cli.root import (
+    DeviceOpt,
+    LibraryOpt,
+    ModelOpt,
+    app,
+    bricks_app,
+    executor_options,
+    fail,
+    first_line,
+    index_app,
+    user_errors,
+)
 
 
-def _orchestrator(model, library, executor: str):
+def _orchestrator(model, library, executor: str, device: str = "auto"):
     from orchestrator.api import Orchestrator
 
-    return Orchestrator.from_pretrained(model, library, executor)
+    return Orchestrator.from_pretrained(model, library, executor, **executor_options(executor, device))
 
 
 def _emit_result(result, as_json: bool) -> None:
@@ -44,13 +55,15 @@ def run(instruction: Optional[str] = typer.Argument(None, help="What to do."),
         plan_file: Optional[Path] = typer.Option(None, "--plan", help="Run this plan JSON instead of planning."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt,
-        executor: str = typer.Option("transformers", "--executor", help="transformers | vllm")) -> None:
+        executor: str = typer.Option("transformers", "--executor", help="transformers | vllm"),
+        device: str = DeviceOpt) -> None:
     """Plan and run an instruction; print the answer and the plan. Exit status 1 when a step fails."""
     from orchestrator.factory import open_library
     from orchestrator.plan import Plan
     from orchestrator.validation import check_text
 
     try:
+        executor_options(executor, device)  # a GPU that is not there: one line, before the plan or any file
         if plan_file is not None and not plan_file.is_file():
             fail(f"--plan {str(plan_file)!r} is {'a directory' if plan_file.is_dir() else 'missing'}; "
                  "expected a plan JSON file")
@@ -61,7 +74,7 @@ def run(instruction: Optional[str] = typer.Argument(None, help="What to do."),
             check_text(instruction, "instruction")
         if plan is None and input is None and open_library(library).config.input_required:
             fail(f"{instruction!r} needs an input: give --input TEXT (--input '' runs on an empty one)")
-        with _orchestrator(model, library, executor) as orc:
+        with _orchestrator(model, library, executor, device) as orc:
             result = orc.run_plan(plan) if plan else orc.run(instruction, input)
     except user_errors() as e:
         fail(first_line(e))

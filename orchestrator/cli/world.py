@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from orchestrator.cli.root import LibraryOpt, ModelOpt, app, fail, user_errors
+from orchestrator.cli.root import DeviceOpt, LibraryOpt, ModelOpt, app, fail, user_errors
 
 __all__ = ["toyworld_app"]
 
@@ -108,8 +108,10 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
                                                 "or keep them on the whole base model."),
              retrieval: str = typer.Option("dense", "--retrieval",
                                            help="With --pipeline: dense | hybrid (dense + BM25, rank fusion)."),
-             as_json: bool = typer.Option(False, "--json", help="Print JSON for machines.")) -> None:
+             as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+             device: str = DeviceOpt) -> None:
     """Exact-match accuracy per skill, for the base model alone or with one LoRA brick."""
+    from bricks.device import resolve_device
     from bricks.model_io import load_model, load_tokenizer
     from bricks.rows import read_rows
     from bricks.toyworld.dataset import split_path
@@ -117,6 +119,7 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
     from bricks.toyworld.skills import get_skill
 
     try:
+        device = resolve_device(device)  # a GPU that is not there: one line, before any row is read
         if split not in ("train", "validation", "test") or kind not in ("single", "compound", "paraphrase", "hard"):
             fail(f"unknown split/kind {split!r}/{kind!r}; expected train|validation|test and "
                  "single|compound|paraphrase|hard")
@@ -150,9 +153,10 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
         brick_path = None
         plans = None
         if pipeline:
-            scores, plans = _pipeline_scores(model_dir, library, rows, canonical, decomposer, emergent, retrieval)
+            scores, plans = _pipeline_scores(model_dir, library, rows, canonical, decomposer, emergent, retrieval,
+                                             device=device)
         else:
-            tokenizer, net = load_tokenizer(model_dir), load_model(model_dir)
+            tokenizer, net = load_tokenizer(model_dir), load_model(model_dir, device=device)
             brick_path = _brick_path(brick, library, net) if brick else None
             if brick_path:
                 from peft import PeftModel
@@ -202,13 +206,13 @@ def _model_scores(net, tokenizer, rows: list[dict], batch_size: int = 256):
 
 
 def _pipeline_scores(model_dir: Path, library: Optional[Path], rows: list[dict], canonical: Optional[bool],
-                     decomposer: str, emergent: bool = True, retrieval: str = "dense"):
+                     decomposer: str, emergent: bool = True, retrieval: str = "dense", device: str = "auto"):
     """Exact match per skill chain, and plan correctness, when an Orchestrator plans, routes and runs every row."""
     from bricks.evaluation import score_outputs
     from orchestrator.api import Orchestrator
     from orchestrator.evaluation import expected_routes, plan_correctness
 
-    with Orchestrator.from_pretrained(model_dir, library, decomposer=decomposer) as orc:
+    with Orchestrator.from_pretrained(model_dir, library, decomposer=decomposer, device=device) as orc:
         if canonical is not None:
             orc.planner.canonical = canonical
         import dataclasses

@@ -54,12 +54,17 @@ class TransformersExecutor:
 
     def __init__(self, model_dir: Path, library, *, dtype: str = "auto", batch_size: int = 256,
                  trust_remote_code: bool = False, merge_seed: int = 0, compact: bool = True,
-                 merge_cache_size: int = 16, merge_cache_bytes: int | None = None) -> None:
+                 merge_cache_size: int = 16, merge_cache_bytes: int | None = None, device: str | None = "auto",
+                 device_map: str | dict | None = None) -> None:
+        from bricks.device import resolve_device
+
         self.model_dir = Path(model_dir)
         self.library = library
         self.batch_size = batch_size
+        self.device = resolve_device(device)  # "cuda" without a GPU fails here, in one line, before any load
         self.tokenizer = load_tokenizer(self.model_dir)
-        self.model = load_model(self.model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+        self.model = load_model(self.model_dir, dtype=dtype, trust_remote_code=trust_remote_code, device=self.device,
+                                device_map=device_map)
         self._loaded: set[str] = set()
         self.merge_seed = merge_seed
         self.compact = compact  # emergent bricks without LoRA run as smaller FFN matrices (fewer FLOPs)
