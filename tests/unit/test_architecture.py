@@ -118,3 +118,10 @@ def test_pkgutil_sees_every_subpackage():
 
     names = {m.name for m in pkgutil.walk_packages(orchestrator.__path__, "orchestrator.")}
     assert {"orchestrator.executors.vllm.executor", "orchestrator.integrations.batch", "orchestrator.cli.run"} <= names
+
+
+def test_shipped_example_reports_hold_no_absolute_path():
+    """The toy world's files are scanned in test_integrity.py; the example reports ship in the repository too."""
+    found = [f"{p.relative_to(ROOT)}: {line.strip()}" for p in (ROOT / "examples").rglob("*.json")
+             for line in p.read_text(encoding="utf-8").splitlines() if '"/' in line or '"~' in line]
+    assert not found
