@@ -108,6 +108,10 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
                                                 "or keep them on the whole base model."),
              retrieval: str = typer.Option("dense", "--retrieval",
                                            help="With --pipeline: dense | hybrid (dense + BM25, rank fusion)."),
+             router: str = typer.Option("brickwork", "--router",
+                                        help="With --pipeline: brickwork (plan, route, chain) | arrow (PEFT's "
+                                             "training-free per-token Arrow over the library's LoRA bricks, one "
+                                             "prompt a row), a baseline."),
              as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
              device: str = DeviceOpt) -> None:
     """Exact-match accuracy per skill, for the base model alone or with one LoRA brick."""
@@ -125,6 +129,12 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
                  "single|compound|paraphrase|hard")
         if retrieval not in ("dense", "hybrid"):
             fail(f"unknown retrieval {retrieval!r}; expected dense or hybrid")
+        from orchestrator.arrow_baseline import ROUTERS
+
+        if router not in ROUTERS:
+            fail(f"unknown router {router!r}; expected {' or '.join(ROUTERS)}")
+        if router != "brickwork" and not pipeline:
+            fail(f"--router {router} applies with --pipeline")
         wanted = [get_skill(s.strip()).id for s in skills.split(",")] if skills else None
         if kind == "paraphrase" and data is None:
             from bricks.toyworld.paraphrases import paraphrase_rows
@@ -151,8 +161,10 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
             rows = kept
         model_dir = model or world_model_dir()
         brick_path = None
-        plans = None
-        if pipeline:
+        plans = arrow = None
+        if pipeline and router == "arrow":
+            scores, arrow = _arrow_scores(model_dir, library, rows, device=device)
+        elif pipeline:
             scores, plans = _pipeline_scores(model_dir, library, rows, canonical, decomposer, emergent, retrieval,
                                              device=device)
         else:
@@ -166,7 +178,8 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
     except user_errors() as e:
         fail(str(e))
     payload = {"model": str(model_dir), "brick": str(brick_path) if brick_path else None, "data": str(path),
-               "pipeline": pipeline, "plans": plans,
+               "pipeline": pipeline, "router": router if pipeline else None, "plans": plans,
+               **({"arrow": arrow} if arrow else {}),
                "scores": {k: {"correct": v.correct, "total": v.total, "accuracy": round(v.accuracy, 4)}
                           for k, v in scores.items()}}
     if as_json:
@@ -175,13 +188,16 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
     from rich.console import Console
     from rich.table import Table
 
-    who = "orchestrator" if pipeline else payload["brick"] or "base model"
+    who = ("arrow" if arrow else "orchestrator") if pipeline else payload["brick"] or "base model"
     table = Table(title=f"exact match: {who} on {path.name}")
     for col in ("skill", "correct", "total", "accuracy"):
         table.add_column(col)
     for k, v in scores.items():
         table.add_row(k, str(v.correct), str(v.total), f"{v.accuracy:.1%}")
     Console().print(table)
+    if arrow:
+        Console().print(f"arrow over {', '.join(arrow['bricks'])} (top_k {arrow['top_k']}, temperature "
+                        f"{arrow['router_temperature']}), exact match {arrow['exact_match']:.1%}")
     if plans:
         Console().print(f"plans correct {plans['plans_correct']}/{plans['plans']} ({plans['plan_accuracy']:.1%}), "
                         f"steps routed right {plans['steps_correct']}/{plans['steps']} "
@@ -235,6 +251,16 @@ def _pipeline_scores(model_dir: Path, library: Optional[Path], rows: list[dict],
              "steps_correct": ps.steps_correct, "steps": ps.steps, "routing_accuracy": round(ps.routing_accuracy, 4),
              "exact_match": round(exact, 4)}
     return score_outputs(rows, [res.output for res in results]), plans
+
+
+def _arrow_scores(model_dir: Path, library: Optional[Path], rows: list[dict], device: str = "auto"):
+    """Exact match per skill of PEFT's Arrow over the library's LoRA bricks (`orchestrator.arrow_baseline`)."""
+    from orchestrator.arrow_baseline import arrow_scores
+
+    bar, task = row_progress("eval (arrow)", len(rows))
+    with bar:
+        return arrow_scores(model_dir, library, rows, device=device,
+                            progress=lambda n: bar.update(task, advance=n))
 
 
 def _brick_path(brick: str, library: Optional[Path], model) -> Path:
