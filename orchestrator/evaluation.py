@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["PlanScore", "expected_routes", "plan_correctness"]
+__all__ = ["PlanScore", "expected_routes", "plan_correctness", "per_chain"]
 
 BASE = "base"
 
@@ -61,3 +62,18 @@ def plan_correctness(rows: Sequence[Mapping], plans: Sequence, routes: Mapping[s
             steps_ok += hits
             plans_ok += hits == len(want)
     return PlanScore(plans_ok, len(rows), steps_ok, steps)
+
+
+def per_chain(rows: Sequence[Mapping], limit: int) -> list[Mapping]:
+    """At most `limit` rows of each skill chain (the row's `skills` in order), keeping the rows' order; every row
+    when `limit` is 0."""
+    if not limit:
+        return list(rows)
+    seen: Counter[str] = Counter()
+    kept = []
+    for r in rows:
+        chain = "+".join(r["skills"])
+        seen[chain] += 1
+        if seen[chain] <= limit:
+            kept.append(r)
+    return kept

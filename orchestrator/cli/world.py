@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -119,8 +118,10 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
     from bricks.model_io import load_model, load_tokenizer
     from bricks.rows import read_rows
     from bricks.toyworld.dataset import split_path
-    from bricks.toyworld.paths import world_data_dir, world_model_dir
+    from bricks.toyworld.paths import world_data_dir
     from bricks.toyworld.skills import get_skill
+    from orchestrator.evaluation import per_chain
+    from orchestrator.factory import model_dir as resolve_model
 
     try:
         device = resolve_device(device)  # a GPU that is not there: one line, before any row is read
@@ -151,15 +152,8 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
             rows = [r.as_dict() for r in read_rows(path)]
         if wanted:
             rows = [r for r in rows if set(r["skills"]) & set(wanted)]
-        if limit:
-            counts: Counter[str] = Counter()
-            kept = []
-            for r in rows:
-                counts["+".join(r["skills"])] += 1
-                if counts["+".join(r["skills"])] <= limit:
-                    kept.append(r)
-            rows = kept
-        model_dir = model or world_model_dir()
+        rows = per_chain(rows, limit)
+        model_dir = resolve_model(model)
         brick_path = None
         plans = arrow = None
         if pipeline and router == "arrow":

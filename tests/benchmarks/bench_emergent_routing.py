@@ -29,17 +29,9 @@ def _rows(split_kind: str, limit: int) -> list[dict]:
     from bricks.rows import read_rows
     from bricks.toyworld.dataset import split_path
     from bricks.toyworld.paths import world_data_dir
+    from orchestrator.evaluation import per_chain
 
-    rows = [r.as_dict() for r in read_rows(split_path(world_data_dir(), split_kind, "test"))]
-    if not limit:
-        return rows
-    seen: Counter[str] = Counter()
-    kept = []
-    for r in rows:
-        seen["+".join(r["skills"])] += 1
-        if seen["+".join(r["skills"])] <= limit:
-            kept.append(r)
-    return kept
+    return per_chain([r.as_dict() for r in read_rows(split_path(world_data_dir(), split_kind, "test"))], limit)
 
 
 def _matmul_flops(config, ffn_share: float) -> int:
