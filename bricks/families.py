@@ -8,9 +8,15 @@ One `Family` entry per transformers `config.model_type` says how the FFN of ever
 - `fused`: one gate_up projection, the first half of its output rows gate and the second half up (Phi-3):
   neuron i is rows i and I + i of gate_up and column i of down.
 - `plain`: act(up(x)) -> down, no gate (GPT-NeoX; GPT-2 with Conv1D, whose weights are stored transposed [in, out]).
-- `moe`: a mixture of experts (Mixtral, Qwen2-MoE): FFN-neuron bricks do not support it yet (one clear error).
+- `moe`: a mixture of experts (Mixtral, Qwen2/3-MoE): FFN-neuron bricks refuse it (one clear error); its emergent
+  bricks are expert subsets instead (`expert_mask`, bricks/expert_mask/: each MoE layer's router takes its top-k
+  among the kept experts; the expert count, top-k and MoE layers are read from the config).
 
 In every dense case a neuron's activation is the input of down. Adding a family is one entry in FAMILIES.
+
+LoRA training's default targets come from the same entry (`lora_targets`): every attention projection and dense
+FFN linear of a decoder layer, by the name PEFT matches. A mixture of experts' routed experts are fused 3-D weights
+(transformers 5), which PEFT reaches through `target_parameters` (`lora_expert_parameters`), not by module name.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from dataclasses import dataclass
 from bricks.errors import IncompatibleBrickError
 
 __all__ = ["Family", "FAMILIES", "UnsupportedFamilyError", "family_for", "model_type_of", "module_dims",
-           "intermediate_size", "supported"]
+           "intermediate_size", "supported", "lora_targets", "lora_expert_parameters"]
 
 KINDS = ("gated", "fused", "plain", "moe")
 ATTENTION = ("qkvo", "qkv", "neox", "gpt2")  # q/k/v/o_proj; Phi-3's fused qkv_proj; GPT-NeoX; GPT-2 (see _ATTENTION)
@@ -44,6 +50,7 @@ class Family:
     attention: str = "qkvo"  # one of ATTENTION
     conv1d: bool = False  # GPT-2's Conv1D: weight [in, out] instead of nn.Linear's [out, in]
     size: str = "intermediate_size"  # the config field of the neuron count (unset: 4 x hidden_size)
+    experts: tuple[str, ...] = ()  # moe: the routed experts' fused weights, relative to mlp (PEFT target_parameters)
 
     def __post_init__(self):
         if self.ffn not in KINDS or self.attention not in ATTENTION:
@@ -67,6 +74,7 @@ class Family:
 
 
 _GATED = dict(ffn="gated", gate="gate_proj", up="up_proj", down="down_proj")
+_EXPERTS = ("experts.gate_up_proj", "experts.down_proj")  # transformers 5: [experts, out, in] parameters
 FAMILIES: dict[str, Family] = {
     "llama": Family(**_GATED),
     "mistral": Family(**_GATED),
@@ -82,9 +90,9 @@ FAMILIES: dict[str, Family] = {
     "gpt_neox": Family("plain", up="dense_h_to_4h", down="dense_4h_to_h", act="act", attention="neox"),
     "gpt2": Family("plain", up="c_fc", down="c_proj", act="act", layers="h", attention="gpt2", conv1d=True,
                    size="n_inner"),
-    "mixtral": Family("moe"),
-    "qwen2_moe": Family("moe"),
-    "qwen3_moe": Family("moe"),
+    "mixtral": Family("moe", experts=_EXPERTS),
+    "qwen2_moe": Family("moe", experts=_EXPERTS),
+    "qwen3_moe": Family("moe", experts=_EXPERTS),
 }
 
 
@@ -164,3 +172,18 @@ def module_dims(cfg) -> dict[str, tuple[int, int]]:
     both = set(attn) & set(ffn)
     return {**{(f"{parent}.{k}" if k in both else k): v for k, v in attn.items()},
             **{(f"{family.mlp}.{k}" if k in both else k): v for k, v in ffn.items()}}
+
+
+def lora_targets(cfg) -> tuple[str, ...]:
+    """The family's default LoRA `target_modules`: each attention projection and dense FFN linear of a decoder
+    layer by its own name (what PEFT matches), attention first, in layer order (Llama: q/k/v/o_proj,
+    gate/up/down_proj; Phi-3: qkv_proj, o_proj, gate_up_proj, down_proj; GPT-2: c_attn, c_proj, c_fc; a mixture
+    of experts: its attention projections). UnsupportedFamilyError for a family with no entry."""
+    return tuple(dict.fromkeys(k.rsplit(".", 1)[-1] for k in module_dims(cfg)))
+
+
+def lora_expert_parameters(cfg) -> tuple[str, ...]:
+    """A mixture of experts' routed-expert weights as PEFT `target_parameters` ("mlp.experts.gate_up_proj",
+    "mlp.experts.down_proj"); () for a dense family. UnsupportedFamilyError for a family with no entry."""
+    _, family = family_for(cfg)
+    return tuple(f"{family.mlp}.{name}" for name in family.experts)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-__all__ = ["generate_texts", "encode_prompt"]
+from bricks.errors import BrickworkError
+from bricks.fast_decode import FastDecode, decode_kwargs
+
+__all__ = ["generate_texts", "encode_prompt", "GenerationOutOfMemoryError"]
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
@@ -14,11 +19,32 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     return tokenizer(prompt, add_special_tokens=not (bos and prompt.startswith(bos))).input_ids
 
 
+class GenerationOutOfMemoryError(BrickworkError):
+    """One row does not fit on the device: a batch that ran out of memory was halved down to a single row."""
+
+
+def _oom_errors() -> tuple[type, ...]:
+    import torch
+
+    found = {getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)}
+    return tuple(e for e in found if e is not None)
+
+
 def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 32, batch_size: int = 256,
-                   do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0) -> list[str]:
+                   do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                   batch_context: Callable[[list[int]], Any] | None = None,
+                   streamer: Callable[[list[int]], Any] | None = None,
+                   generate_kwargs: Mapping[str, Any] | None = None,
+                   fast_decode: FastDecode | None = None) -> list[str]:
     """The completion of each prompt, without the prompt and without special tokens.
 
     Prompts are grouped by length so that a batch wastes little padding; results keep the input order.
+    Each batch runs inside `batch_context(indices)` when given (a context manager; `indices` are the batch's
+    rows as positions in `prompts`, top to bottom), with `streamer(indices)` as `generate`'s streamer when
+    given, and `generate_kwargs` passed on to `generate`. `fast_decode` (bricks.fast_decode) adds the static
+    KV cache and compiled decode step, decided per batch inside its context (where hooks turn compiling off).
+    A batch that runs out of device memory is halved and retried, down to one row; one row that does not fit
+    raises GenerationOutOfMemoryError naming the batch size and the prompt length.
     """
     import torch
 
@@ -32,20 +58,48 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     results: list[str] = [""] * len(prompts)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
+    oom = _oom_errors()
+
+    def run(chunk: list[int]) -> None:
+        width = max(len(encoded[i]) for i in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, i in enumerate(chunk):  # left padding: every prompt ends at the last column
+            ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+            mask[row, width - len(encoded[i]) :] = 1
+        ids, mask = ids.to(device), mask.to(device)  # filled on the CPU, copied once per batch
+        with batch_context(chunk) if batch_context is not None else contextlib.nullcontext():
+            extra = decode_kwargs(model, fast_decode) if fast_decode is not None else {}
+            extra.update(generate_kwargs or {})
+            if streamer is not None:
+                extra["streamer"] = streamer(chunk)
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
+                eos_token_id=tokenizer.eos_token_id, **sampling, **extra,
+            )  # [B, width + new]
+        for row, i in enumerate(chunk):
+            results[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True)
+
+    def run_or_split(chunk: list[int], first: int) -> None:
+        try:
+            run(chunk)
+            return
+        except oom:
+            pass  # out of the handler first, so that its traceback (and the tensors it holds) is gone
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(chunk) == 1:
+            halved = f" (halved from a batch of {first})" if first > 1 else ""
+            raise GenerationOutOfMemoryError(
+                f"out of device memory generating a batch of 1 row{halved} with a prompt of "
+                f"{len(encoded[chunk[0]])} tokens and max_new_tokens {max_new_tokens}; shorten the prompt or "
+                f"max_new_tokens, or use a device with more memory") from None
+        half = len(chunk) // 2
+        run_or_split(chunk[:half], first)
+        run_or_split(chunk[half:], first)
+
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            width = max(len(encoded[i]) for i in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, i in enumerate(chunk):  # left padding: every prompt ends at the last column
-                ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-                mask[row, width - len(encoded[i]) :] = 1
-            ids, mask = ids.to(device), mask.to(device)  # filled on the CPU, copied once per batch
-            out = model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
-                eos_token_id=tokenizer.eos_token_id, **sampling,
-            )  # [B, width + new]
-            for row, i in enumerate(chunk):
-                results[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True)
+            run_or_split(chunk, len(chunk))
     return results

@@ -1,12 +1,13 @@
-"""A JSON-schema grammar for constrained decoding (`bricks.constrained.generate_constrained`): `is_prefix` says
-whether a text can still become a JSON value of the schema, `is_complete` whether it is one.
+"""A JSON-schema grammar for constrained decoding: decoders constrain to its `json_schema` (with xgrammar, see
+`bricks.constrained`; whitespace runs at most `max_blank`). `is_prefix` says whether a text can still become a
+JSON value of the schema, `is_complete` whether it is one: checks on a text, not used while decoding.
 
-Enforced while decoding: types (object, array, string, integer, number, boolean, null), `properties` (only
+Checked by `is_prefix`: types (object, array, string, integer, number, boolean, null), `properties` (only
 known keys, each once; a closed object when it has properties), `required`, `items`, `enum`/`const`, `anyOf`/
 `oneOf`, `$ref` into `$defs`/`definitions`, and a schema without a type (any JSON value). Other keywords
 (`minimum`, `pattern`, `maxLength`, ...) are not enforced here: validate the parsed value afterwards (pydantic
-does for a pydantic schema). Strings are capped at `max_chars`, arrays at `max_items`, blank runs at `max_blank`,
-so a model cannot write forever inside the grammar.
+does for a pydantic schema). Strings are capped at `max_chars`, arrays at `max_items`, blank runs at `max_blank`
+(the decoder bounds blank runs the same way, and the rest by its token budget).
 """
 
 from __future__ import annotations
@@ -45,10 +46,23 @@ class JsonSchemaGrammar:
     max_items: int = 16
     max_blank: int = 2
 
+    schema_text: str = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         if not isinstance(self.schema, Mapping):
             raise ConfigError(f"a JSON schema must be a mapping, got {type(self.schema).__name__}")
+        try:
+            text = json.dumps(self.schema)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"a JSON schema must be JSON itself: {e}") from None
+        object.__setattr__(self, "schema_text", text)  # the schema as given now; later changes to it do not count
+        object.__setattr__(self, "schema", json.loads(text))
         self._check(self.schema, 0)
+
+    @property
+    def json_schema(self) -> dict:
+        """The JSON schema decoders constrain to (a fresh copy)."""
+        return json.loads(self.schema_text)
 
     # -- the schema --------------------------------------------------------------------------------------------
     def _resolve(self, node: Mapping) -> Mapping:

@@ -1,7 +1,7 @@
 """The brick kinds, in one registry: each kind's on-disk format, how executors apply it, and how it combines.
 
-Everything that depends on a brick's kind asks this registry instead of comparing strings. Adding a kind (MoE
-experts, say) is one `BrickKind` entry, plus the executors' support for its `role`.
+Everything that depends on a brick's kind asks this registry instead of comparing strings. Adding a kind is one
+`BrickKind` entry, plus the executors' support for its `role` (and, for a mask, what it `restricts`).
 """
 
 from __future__ import annotations
@@ -40,12 +40,19 @@ class BrickKind:
     artifact: str
     load: Callable[[Path, BrickManifest], LoadedBrick]
     combines_by: tuple[str, ...]
+    restricts: Literal["neurons", "experts"] | None = None  # a mask's target: FFN neurons or MoE routed experts
 
 
 def _load_lora(folder: Path, manifest: BrickManifest) -> LoadedBrick:
     from bricks.lora import LoraBrick
 
     return LoraBrick.from_dir(folder, manifest)
+
+
+def _load_expert_mask(folder: Path, manifest: BrickManifest) -> LoadedBrick:
+    from bricks.expert_mask import ExpertMaskBrick
+
+    return ExpertMaskBrick.from_dir(folder, manifest)
 
 
 def _load_ffn_mask(folder: Path, manifest: BrickManifest) -> LoadedBrick:
@@ -57,7 +64,10 @@ def _load_ffn_mask(folder: Path, manifest: BrickManifest) -> LoadedBrick:
 KINDS: dict[str, BrickKind] = {
     "lora": BrickKind("lora", "adapter", "adapter_model.safetensors", _load_lora,
                       ("cat", "linear", "svd", "ties", "dare_linear", "dare_ties")),
-    "ffn_mask": BrickKind("ffn_mask", "mask", "mask.safetensors", _load_ffn_mask, ("union", "intersection")),
+    "ffn_mask": BrickKind("ffn_mask", "mask", "mask.safetensors", _load_ffn_mask, ("union", "intersection"),
+                          restricts="neurons"),
+    "expert_mask": BrickKind("expert_mask", "mask", "experts.safetensors", _load_expert_mask,
+                             ("union", "intersection"), restricts="experts"),
 }
 KIND_NAMES: tuple[str, ...] = tuple(KINDS)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from bricks.errors import BrickworkError, ConfigError
@@ -22,6 +22,8 @@ __all__ = ["Orchestrator", "make_decomposer"]
 
 log = logging.getLogger(__name__)
 
+StepDelta = Callable[[int, int, str], None]  # (plan index, step index, new text)
+
 
 def make_decomposer(spec, engine=None):
     """A Decomposer from a name: "rules", "single", "model" (the engine's base model) or "model:PATH"."""
@@ -35,20 +37,21 @@ def make_decomposer(spec, engine=None):
         return SingleStep()
     if spec == "model":
         if engine is None or not hasattr(engine, "complete_constrained"):
-            raise ConfigError("decomposer 'model' needs an executor with constrained decoding (transformers)")
-        return ModelDecomposer(lm=engine.complete_constrained)
+            raise ConfigError("decomposer 'model' needs an executor with constrained decoding (transformers or vllm)")
+        many = getattr(engine, "complete_constrained_many", None)
+        return ModelDecomposer(lm=engine.complete_constrained, lm_many=many)
     if spec.startswith("model:"):
-        return ModelDecomposer(lm=_planner_model(Path(spec[len("model:"):]), getattr(engine, "device", "auto")))
+        many = _planner_model(Path(spec[len("model:"):]), getattr(engine, "device", "auto"))
+        return ModelDecomposer(lm=lambda prompt, grammar: many([prompt], grammar)[0], lm_many=many)
     raise ConfigError(f"unknown decomposer {spec!r}; expected rules, single, model or model:PATH")
 
 
 def _planner_model(folder: Path, device: str = "auto"):
-    from bricks.constrained import generate_constrained
+    from bricks.constrained import generate_grammar, grammar_ebnf
     from bricks.model_io import load_model, load_tokenizer
 
     model, tokenizer = load_model(folder, device=device), load_tokenizer(folder)  # beside the executor's model
-    return lambda prompt, grammar: generate_constrained(model, tokenizer, prompt, grammar.is_prefix,
-                                                        grammar.is_complete)
+    return lambda prompts, grammar: generate_grammar(model, tokenizer, prompts, grammar_ebnf(grammar))
 
 
 class Orchestrator:
@@ -137,9 +140,12 @@ class Orchestrator:
         self.follow_library()
         return self._run_plans([plan], [0.0])[0]
 
-    def run_plans(self, plans: Sequence[Plan]) -> list[Result]:
-        """Run given plans together: steps of the same depth across all plans share batches."""
-        return self._run_plans(list(plans), [0.0] * len(plans))
+    def run_plans(self, plans: Sequence[Plan], *, on_delta: StepDelta | None = None) -> list[Result]:
+        """Run given plans together: steps of the same depth across all plans share batches.
+
+        `on_delta(plan_index, step_index, text)`, when given, gets each step's new text as the executor writes
+        it (before the step's output is stripped of surrounding white space)."""
+        return self._run_plans(list(plans), [0.0] * len(plans), on_delta)
 
     def run_batch(self, rows: Iterable[Mapping | Sequence | str]) -> list[Result]:
         """Plan and run many tasks together: steps of the same depth across all tasks share batches.
@@ -171,9 +177,12 @@ class Orchestrator:
                                    getattr(self.executor, "tokenizer", None), self.template)
         return template.render(step.model_instruction or step.instruction, text, plan.history)
 
-    def _generate_wave(self, requests: list[GenerationRequest]) -> list[str | Exception]:
-        """One executor call; if it fails, each brick configuration is retried alone so one bad step fails alone."""
+    def _generate_wave(self, requests: list[GenerationRequest], on_delta=None) -> list[str | Exception]:
+        """One executor call; if it fails, each brick configuration is retried alone (not streamed) so one bad
+        step fails alone."""
         try:
+            if on_delta is not None:
+                return list(self.executor.generate(requests, on_delta=on_delta))
             return list(self.executor.generate(requests))
         except Exception as e:  # noqa: BLE001 (isolated below, reported on the failing steps)
             if len(requests) == 1:
@@ -189,7 +198,7 @@ class Orchestrator:
                 out[i] = text
         return out
 
-    def _generate_checked(self, requests: list[GenerationRequest]) -> list[str | Exception]:
+    def _generate_checked(self, requests: list[GenerationRequest], on_delta=None) -> list[str | Exception]:
         """`_generate_wave` for the requests the executor can take; the others (a prompt longer than the model's
         context) get their own error and are never submitted."""
         prompt_problems = getattr(self.executor, "prompt_problems", None)  # optional in the Executor protocol
@@ -197,11 +206,13 @@ class Orchestrator:
         out: list[str | Exception] = [InputError(p) if p else "" for p in problems]
         ok = [i for i, p in enumerate(problems) if p is None]
         if ok:
-            for i, text in zip(ok, self._generate_wave([requests[i] for i in ok])):
+            sink = None if on_delta is None else (lambda j, text: on_delta(ok[j], text))
+            for i, text in zip(ok, self._generate_wave([requests[i] for i in ok], sink)):
                 out[i] = text
         return out
 
-    def _run_plans(self, plans: Sequence[Plan], plan_ms: Sequence[float]) -> list[Result]:
+    def _run_plans(self, plans: Sequence[Plan], plan_ms: Sequence[float], on_delta: StepDelta | None = None
+                   ) -> list[Result]:
         outputs: list[list[str | None]] = [[None] * len(p.steps) for p in plans]
         errors: list[list[str | None]] = [[None] * len(p.steps) for p in plans]
         inputs: list[list[str]] = [[""] * len(p.steps) for p in plans]
@@ -228,7 +239,8 @@ class Orchestrator:
                 runnable.append((pi, si))
                 requests.append(GenerationRequest(prompt, plans[pi].steps[si].config, plans[pi].steps[si].decoding))
             t = time.perf_counter()
-            texts = self._generate_checked(requests)
+            sink = None if on_delta is None else (lambda j, text, at=tuple(runnable): on_delta(*at[j], text))
+            texts = self._generate_checked(requests, sink)
             wave_ms = (time.perf_counter() - t) * 1000
             for (pi, si), text in zip(runnable, texts):
                 if isinstance(text, Exception):

@@ -110,7 +110,9 @@ class Planner:
         for history in histories:
             for i, m in enumerate(history):
                 check_text(m.content, f"history message {i}", allow_empty=True)
-        parts = [self.decomposer.split(instruction) for instruction, _ in checked]
+        split_many = getattr(self.decomposer, "split_many", None)  # a model decomposer: one batched decode
+        parts = (split_many([instruction for instruction, _ in checked]) if split_many is not None
+                 else [self.decomposer.split(instruction) for instruction, _ in checked])
         flat = [p for ps in parts for p in ps]
         emergent = self.emergent()
         k = self.routing.k

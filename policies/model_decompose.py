@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from policies.decompose import Decomposer, DecompositionError, RuleDecomposer, normalize_step
@@ -91,6 +91,13 @@ class StepListGrammar:
                 return None
         return state
 
+    @property
+    def json_schema(self) -> dict:
+        """The JSON schema decoders constrain to (a fresh dict): an array of 1..max_steps non-empty strings of at
+        most max_chars characters."""
+        return {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": self.max_chars},
+                "minItems": 1, "maxItems": self.max_steps}
+
     def is_prefix(self, text: str) -> bool:
         """Whether `text` can still be completed into a valid step list."""
         return self._scan(text) is not None
@@ -129,11 +136,14 @@ def _ungrounded(steps: list[str], instruction: str, share: float) -> str | None:
 
 # A language model that completes `prompt` under a grammar: (prompt, grammar) -> text.
 ConstrainedLM = Callable[[str, StepListGrammar], str]
+# The same for many prompts at once, batched: (prompts, grammar) -> texts.
+ConstrainedBatchLM = Callable[[Sequence[str], StepListGrammar], list[str]]
 
 
 @dataclass
 class ModelDecomposer:
-    """A language model writes the steps (constrained JSON); `fallback` splits when its answer is unusable."""
+    """A language model writes the steps (constrained JSON); `fallback` splits when its answer is unusable.
+    With `lm_many`, `split_many` decodes all instructions' plans in one batched call."""
 
     lm: ConstrainedLM
     fallback: Decomposer = field(default_factory=RuleDecomposer)
@@ -142,18 +152,36 @@ class ModelDecomposer:
     prompt: str = PLAN_PROMPT
     name: str = "model"
     stats: dict[str, int] = field(default_factory=lambda: {"model": 0, "fallback": 0})
+    lm_many: ConstrainedBatchLM | None = None
 
     def split(self, instruction: str) -> list[str]:
         grammar = StepListGrammar(max_steps=self.max_steps)
         try:
             text = self.lm(self.prompt.format(instruction=instruction), grammar)
+        except DecompositionError as e:
+            return self._fall_back(instruction, e)
+        return self._steps(instruction, text)
+
+    def split_many(self, instructions: Sequence[str]) -> list[list[str]]:
+        """`split` of each instruction; the model writes all plans in one call of `lm_many` when given."""
+        if self.lm_many is None or len(instructions) < 2:
+            return [self.split(instruction) for instruction in instructions]
+        grammar = StepListGrammar(max_steps=self.max_steps)
+        texts = self.lm_many([self.prompt.format(instruction=i) for i in instructions], grammar)
+        return [self._steps(instruction, text) for instruction, text in zip(instructions, texts, strict=True)]
+
+    def _steps(self, instruction: str, text: str) -> list[str]:
+        try:
             steps = parse_step_list(text, self.max_steps)
             bad = _ungrounded(steps, instruction, self.grounding)
             if bad is not None:
                 raise DecompositionError(f"model step {bad!r} is not grounded in the instruction")
         except DecompositionError as e:
-            self.stats["fallback"] += 1
-            log.info("model decomposition rejected (%s); using the %s decomposer", e, self.fallback.name)
-            return self.fallback.split(instruction)
+            return self._fall_back(instruction, e)
         self.stats["model"] += 1
         return steps
+
+    def _fall_back(self, instruction: str, reason: DecompositionError) -> list[str]:
+        self.stats["fallback"] += 1
+        log.info("model decomposition rejected (%s); using the %s decomposer", reason, self.fallback.name)
+        return self.fallback.split(instruction)

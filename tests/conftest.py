@@ -138,6 +138,17 @@ def transformers_executor(conformance_library):
 
 
 @pytest.fixture(scope="session")
+def transformers_grouped_executor(conformance_library):
+    """The transformers executor with one-pass mixed batches off: one `generate` per brick configuration."""
+    from bricks.toyworld.paths import world_model_dir
+    from orchestrator.executors.transformers import TransformersExecutor
+
+    ex = TransformersExecutor(world_model_dir(), conformance_library, dtype="float32", mixed_batches=False)
+    yield ex
+    ex.close()
+
+
+@pytest.fixture(scope="session")
 def reference_executor(conformance_library):
     """The reference outputs: transformers one request at a time, masks applied by zeroing (no compact FFN)."""
     from bricks.toyworld.paths import world_model_dir

@@ -131,7 +131,8 @@ def _problem(family: Family, layer, i: int) -> str | None:
     where = f"{family.layers}.{i}.{family.mlp}"
     mlp = getattr(layer, family.mlp, None)
     if family.ffn == "moe":
-        return f"{where} ({_found(mlp)}) is a mixture of experts, which FFN-neuron bricks do not support yet"
+        return (f"{where} ({_found(mlp)}) is a mixture of experts, which FFN-neuron bricks do not support "
+                "(expert_mask bricks do)")
     names = (family.gate, family.up, family.down) if family.ffn == "gated" else (family.up, family.down)
     parts = [_plain(getattr(mlp, n, None)) for n in names]
     kind = (lambda p: _is_conv1d(p)) if family.conv1d else (lambda p: isinstance(p, nn.Linear))

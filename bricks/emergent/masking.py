@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 
+from bricks.emergent.compact_cache import CompactCache, shrink_layers
 from bricks.emergent.layout import ffn_layout
 from bricks.errors import ConfigError
 
@@ -86,27 +87,29 @@ def _put(mlp, name: str, lin) -> None:
 
 
 @contextlib.contextmanager
-def compact_ffn(model, masks: Masks, mode: str = "keep") -> Iterator[None]:
+def compact_ffn(model, masks: Masks, mode: str = "keep", cache: CompactCache | None = None) -> Iterator[None]:
     """Within the block, every masked layer's FFN projections (gate/up/down, a fused gate_up, or up/down without
     a gate; see bricks.families) are replaced by matrices of the kept neurons only.
 
+    The matrices are gathered on every call, or once per mask while `cache` (a CompactCache) holds them.
     Run it with no LoRA adapter active (inside PEFT's `disable_adapter()` the plain Linear inside each LoRA
     wrapper is swapped); the original modules are put back on exit.
     """
     layout = ffn_layout(model)
     _check(layout, masks)
+    kept = kept_neurons(masks, mode)
+    built = cache.shrunk(model, layout, kept) if cache is not None else shrink_layers(layout, kept)
     names = layout.projections()
     saved = []
     try:
-        for layer, keep in kept_neurons(masks, mode).items():
+        for layer, small in built.items():
             mlp = layout.mlps[layer]
             saved.append((mlp, {n: _linear(getattr(mlp, n)) for n in names}))
-            idx = keep.nonzero().flatten().to(_linear(layout.down(layer)).weight.device)  # [K], on the layer's device
-            if idx.numel() == 0:
+            if small is None:  # no neuron left
                 mlp.forward = _ZeroFfn(_linear(layout.down(layer)).bias)
                 continue
-            for name, small in layout.shrunk(layer, idx).items():  # gate/up rows and down columns of the kept
-                _put(mlp, name, small)
+            for name, module in small.items():  # gate/up rows and down columns of the kept neurons
+                _put(mlp, name, module)
         yield
     finally:
         for mlp, originals in reversed(saved):

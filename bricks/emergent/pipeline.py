@@ -182,13 +182,18 @@ def gate_failure(cand: Candidate, min_retention: float, min_support: int = DEFAU
 
 
 def add_candidates(library, candidates: Sequence[Candidate], *, min_retention: float,
-                   min_support: int = DEFAULT_MIN_SUPPORT, keep_failing: bool = False) -> tuple[list, list[Candidate]]:
-    """Add the gated candidates to `library` (via `Library.add`); returns (added bricks, candidates refused).
+                   min_support: int = DEFAULT_MIN_SUPPORT, keep_failing: bool = False, writer=None,
+                   label: str = "emergent brick", model_config=None) -> tuple[list, list[Candidate]]:
+    """Add the gated candidates to `library` (via `Library.add`, checked against `model_config` when given);
+    returns (added bricks, candidates refused).
 
     A candidate under `min_retention`, or measured on fewer than `min_support` rows the base model answers right
     (a retention of 1.0 on two rows says nothing), is refused with a warning, or with `keep_failing` added as
-    `"routable": false` (kept for analysis, never routed)."""
+    `"routable": false` (kept for analysis, never routed). `writer` writes a candidate's brick folder (default:
+    an ffn_mask brick, `bricks.emergent.export.write_mask_brick`)."""
     from bricks.emergent.export import write_mask_brick
+
+    writer = writer or write_mask_brick
 
     if not 0.0 <= min_retention <= 1.0:
         raise ConfigError(f"min_retention {min_retention} must be in [0, 1]")
@@ -199,14 +204,13 @@ def add_candidates(library, candidates: Sequence[Candidate], *, min_retention: f
         for cand in candidates:
             ok = cand.passes(min_retention, min_support)
             if not ok:
-                log.warning("emergent brick %s: %s: %s", cand.brick_id, gate_failure(cand, min_retention, min_support),
+                log.warning("%s %s: %s: %s", label, cand.brick_id, gate_failure(cand, min_retention, min_support),
                             "added as not routable" if keep_failing else "not added")
                 refused.append(cand)
                 if not keep_failing:
                     continue
-            folder = write_mask_brick(Path(tmp) / cand.brick_id, cand.masks, brick_id=cand.brick_id,
-                                      description=cand.description, examples=cand.examples,
-                                      base_model=library.base_model, metrics=cand.metrics, skills=cand.skills,
-                                      extra=None if ok else {"routable": False})
-            added.append(library.add(folder))
+            folder = writer(Path(tmp) / cand.brick_id, cand.masks, brick_id=cand.brick_id,
+                            description=cand.description, examples=cand.examples, base_model=library.base_model,
+                            metrics=cand.metrics, skills=cand.skills, extra=None if ok else {"routable": False})
+            added.append(library.add(folder, model_config=model_config))
     return added, refused

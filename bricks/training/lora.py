@@ -1,7 +1,9 @@
 """Train a customized brick: a LoRA adapter (PEFT) on instruction rows, for any Hugging Face causal LM.
 
-The rows are split into a training part and a held-out part; training stops early once the held-out exact
-match reaches the target. The adapter is saved in PEFT's format (safetensors) inside a brick folder.
+The rows are split into a training part and a held-out part; training runs on Hugging Face `Trainer`
+(`bricks.training.hf_trainer`) on the model's own device (bf16 autocast on a GPU that supports it) and stops early
+once the held-out exact match reaches the target. The adapter is saved in PEFT's format (safetensors) inside a
+brick folder (`bricks.training.export`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from bricks.errors import ConfigError
 from bricks.evaluation import exact_match_by_skill
 from bricks.prompt import DEFAULT_TEMPLATE, PromptTemplate
 from bricks.rows import InstructionRow
-from bricks.training.sequences import collate, encode_example, warmup_cosine
+from bricks.training.sequences import encode_example
 
 __all__ = ["LoraTrainConfig", "LoraTrainResult", "train_lora", "split_holdout"]
 
@@ -26,12 +28,20 @@ StepCallback = Callable[[int, int, float], None]
 
 @dataclass(frozen=True)
 class LoraTrainConfig:
-    """LoRA shape and optimisation settings."""
+    """LoRA shape and optimisation settings.
+
+    `target_modules` () takes the model family's defaults (`lora_target_modules`: Llama's q/k/v/o_proj and
+    gate/up/down_proj, GPT-2's c_attn, c_proj, c_fc...); `target_parameters` are PEFT's (fused weights such as a
+    mixture of experts' `mlp.experts.gate_up_proj`), none by default. `batch_size` rows make one optimizer step,
+    in `gradient_accumulation_steps` micro-batches (which must divide it). `bf16` None: bf16 autocast on a CUDA
+    device that supports it, float32 elsewhere. `checkpoint_dir` None writes no checkpoint anywhere; a folder gets
+    the adapter (safetensors) every `save_every` steps (0: every `eval_every`).
+    """
 
     r: int = 16
     alpha: int = 32
     dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    target_modules: tuple[str, ...] = ()  # (): the model family's defaults (bricks.training.targets)
     lr: float = 4e-3
     max_steps: int = 3000
     batch_size: int = 64
@@ -43,6 +53,31 @@ class LoraTrainConfig:
     eval_every: int = 250
     target_accuracy: float = 0.99  # stop early once the held-out exact match reaches this
     max_new_tokens: int = 40
+    gradient_accumulation_steps: int = 1
+    bf16: bool | None = None
+    checkpoint_dir: str | None = None
+    save_every: int = 0
+    target_parameters: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        positive = {"r": self.r, "max_steps": self.max_steps, "batch_size": self.batch_size,
+                    "eval_every": self.eval_every, "gradient_accumulation_steps": self.gradient_accumulation_steps,
+                    "max_new_tokens": self.max_new_tokens}
+        for name, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"LoRA training {name} {value!r} is not valid; expected a whole number >= 1")
+        at_least_zero = {"warmup": self.warmup, "save_every": self.save_every, "max_holdout": self.max_holdout}
+        for name, value in at_least_zero.items():
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"LoRA training {name} {value!r} is not valid; expected a whole number >= 0")
+        if self.batch_size % self.gradient_accumulation_steps:
+            raise ConfigError(f"LoRA training batch_size {self.batch_size} is not divisible by "
+                              f"gradient_accumulation_steps {self.gradient_accumulation_steps}")
+        if not self.lr > 0:
+            raise ConfigError(f"LoRA training lr {self.lr!r} is not valid; expected a number > 0")
+        if not 0 <= self.holdout_fraction < 1:
+            raise ConfigError(f"LoRA training holdout_fraction {self.holdout_fraction!r} is not valid; "
+                              "expected 0 <= fraction < 1")
 
 
 @dataclass(frozen=True)
@@ -77,59 +112,55 @@ def _holdout_accuracy(model, tokenizer, rows: Sequence[InstructionRow], template
     return scores["all"].accuracy
 
 
+def _conv1d(model) -> bool:
+    """Whether the model's family stores its projections as GPT-2's Conv1D (PEFT's fan_in_fan_out)."""
+    from bricks.families import FAMILIES, model_type_of
+
+    family = FAMILIES.get(model_type_of(model.config) or "") if hasattr(model, "config") else None
+    return bool(family and family.conv1d)
+
+
 def train_lora(base_model, tokenizer, rows: Sequence[InstructionRow], cfg: LoraTrainConfig = LoraTrainConfig(), *,
                template: PromptTemplate = DEFAULT_TEMPLATE, adapter_name: str = "default",
                on_step: StepCallback | None = None, init_from: str | None = None) -> LoraTrainResult:
-    """Wrap `base_model` with a LoRA adapter and train it on `rows`; the base weights stay frozen.
+    """Wrap `base_model` with a LoRA adapter and train it on `rows` (Hugging Face `Trainer`, on the model's
+    device); the base weights stay frozen.
 
     The adapter is fresh, or continues from the PEFT adapter folder `init_from` (updating a brick: its shape
-    comes from that folder, not from `cfg`).
+    comes from that folder, not from `cfg`). `on_step(step, max_steps, loss)` is called after every step.
     """
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
+
+    from bricks.device import model_device
+    from bricks.training.hf_trainer import run_trainer
+    from bricks.training.targets import lora_target_modules
 
     if not rows:
         raise ConfigError("no training rows")
     train_rows, hold_rows = split_holdout(rows, cfg)
     torch.manual_seed(cfg.seed)
     peft_cfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                          target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
+                          target_modules=list(cfg.target_modules or lora_target_modules(base_model)),
+                          target_parameters=list(cfg.target_parameters) or None,
+                          fan_in_fan_out=_conv1d(base_model), task_type="CAUSAL_LM")
     if init_from is not None:
         model = PeftModel.from_pretrained(base_model, init_from, adapter_name=adapter_name, is_trainable=True)
     else:
         model = get_peft_model(base_model, peft_cfg, adapter_name=adapter_name)
-    from bricks.device import model_device
-
-    device = model_device(model)  # batches go where the (frozen) base model and its fresh adapter are
+    device = model_device(model)  # training runs where the (frozen) base model and its fresh adapter are
     encoded = [encode_example(tokenizer, template, r.instruction, r.input, r.output) for r in train_rows]
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+
+    def evaluate() -> float:
+        return _holdout_accuracy(model, tokenizer, hold_rows, template, cfg.max_new_tokens)
+
     model.train()
-    history: list[tuple[int, float]] = []
-    accuracy = float("nan")
-    step = 0
-    for step in range(cfg.max_steps):
-        for group in optimizer.param_groups:
-            group["lr"] = warmup_cosine(step, cfg.max_steps, cfg.warmup, cfg.lr)
-        rng = random.Random(f"lora:{cfg.seed}:{step}")
-        batch = [encoded[rng.randrange(len(encoded))] for _ in range(cfg.batch_size)]
-        ids, mask, labels = collate(batch, tokenizer.pad_token_id, device)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        if on_step:
-            on_step(step + 1, cfg.max_steps, loss.item())
-        if hold_rows and (step + 1) % cfg.eval_every == 0:
-            accuracy = _holdout_accuracy(model, tokenizer, hold_rows, template, cfg.max_new_tokens)
-            history.append((step + 1, accuracy))
-            log.info("lora step %d loss %.4f held-out exact match %.3f", step + 1, loss.item(), accuracy)
-            if accuracy >= cfg.target_accuracy:
-                break
-    steps = step + 1
-    if not history or history[-1][0] != steps:
-        accuracy = _holdout_accuracy(model, tokenizer, hold_rows, template, cfg.max_new_tokens)
-        history.append((steps, accuracy))
+    outcome = run_trainer(model, encoded, tokenizer.pad_token_id, cfg, device=str(device),
+                          evaluate=evaluate if hold_rows else None, on_step=on_step)
+    history = list(outcome.history)
+    accuracy = history[-1][1] if history else float("nan")
+    if not history or history[-1][0] != outcome.steps:
+        accuracy = evaluate()
+        history.append((outcome.steps, accuracy))
     model.eval()
-    return LoraTrainResult(model, steps, accuracy, len(hold_rows), tuple(history))
+    return LoraTrainResult(model, outcome.steps, accuracy, len(hold_rows), tuple(history))

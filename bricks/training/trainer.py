@@ -1,9 +1,10 @@
 """Train a LoRA brick for any Hugging Face causal LM and put it into a library (as a new id, or a new version).
 
 The one path behind `brickwork bricks train` / `bricks update --data`: check the rows, the id and the base
-model first (before minutes of training), derive the LoRA target modules from the model, train with early
-stopping on a held-out part, measure the brick (and the base model) on that part, write the brick to a temp
-folder and add it to the library, which copies it in atomically under its lock.
+model first (before minutes of training), take the LoRA target modules from the model's family (`targets.py`),
+train with early stopping on a held-out part (Hugging Face `Trainer`, on the model's device), measure the brick
+(and the base model) on that part, write the brick to a temp folder and add it to the library, which copies it
+in atomically under its lock.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from bricks.manifest import BRICK_ID
 from bricks.prompt import DEFAULT_TEMPLATE, PromptTemplate
 from bricks.rows import InstructionRow, RowError
 from bricks.training.lora import LoraTrainConfig, split_holdout, train_lora
+from bricks.training.targets import lora_target_modules
 
 __all__ = ["BrickSpec", "TrainedBrick", "lora_target_modules", "check_training_rows", "check_brick_id", "train_brick"]
 
@@ -52,30 +54,6 @@ class TrainedBrick:
     steps: int
     seconds: float
     history: tuple[tuple[int, float], ...] = field(default=())
-
-
-def lora_target_modules(model) -> tuple[str, ...]:
-    """The names of the linear layers inside the model's repeated blocks (LoRA targets), in model order.
-
-    Llama, Mistral and Qwen give q/k/v/o_proj and gate/up/down_proj; GPT-2-style models their Conv1D
-    projections. Layers outside the blocks (embeddings, lm_head) are left alone.
-    """
-    import torch
-
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover (old transformers)
-        Conv1D = torch.nn.Linear
-    names: list[str] = []
-    for qualified, module in model.named_modules():
-        parts = qualified.split(".")
-        if isinstance(module, (torch.nn.Linear, Conv1D)) and any(p.isdigit() for p in parts[:-1]):
-            if parts[-1] not in names:
-                names.append(parts[-1])
-    if not names:
-        raise IncompatibleBrickError(f"model {type(model).__name__} has no linear layers inside repeated blocks "
-                                     "to train LoRA on; give target modules explicitly")
-    return tuple(names)
 
 
 def check_training_rows(rows: Sequence[InstructionRow]) -> None:
@@ -120,15 +98,17 @@ def check_brick_id(library: Library, brick_id: str, *, update: bool) -> None:
 
 def train_brick(model_dir: Path, rows: Sequence[InstructionRow], spec: BrickSpec, library: Library, *,
                 cfg: LoraTrainConfig = LoraTrainConfig(), target_modules: Sequence[str] | None = None,
-                update: bool = False, continue_training: bool = False,
+                target_parameters: Sequence[str] = (), update: bool = False, continue_training: bool = False,
                 eval_rows: Sequence[InstructionRow] = (), measure_base: bool = True,
                 on_step: StepCallback | None = None, device: str | None = "auto") -> TrainedBrick:
     """Train a LoRA brick on `rows` for the model in `model_dir` and add it to `library`.
 
     `update` makes it a new version of an existing id (the new version becomes active; old ones are kept);
     otherwise an existing id is refused. `continue_training` starts from the active version's adapter.
-    `target_modules` None derives them from the model; it trains on `device` ("auto": a GPU when torch sees one,
-    see `bricks.device`). Metrics stored in the manifest: held-out exact match
+    `target_modules` None takes `cfg.target_modules`, else the model family's (`lora_target_modules`);
+    `target_parameters` are PEFT's (a mixture of experts' `bricks.families.lora_expert_parameters`), none by
+    default. It trains on `device` ("auto": a GPU when torch sees one, see `bricks.device`). Metrics stored in the
+    manifest: held-out exact match
     of the brick (and of the base model alone), steps, rows, seconds, and exact match on `eval_rows` if given.
     """
     from bricks.device import resolve_device
@@ -154,8 +134,8 @@ def train_brick(model_dir: Path, rows: Sequence[InstructionRow], spec: BrickSpec
     template = PromptTemplate(spec.prompt_template) if spec.prompt_template else DEFAULT_TEMPLATE
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, device=device)
-    targets = tuple(target_modules) if target_modules else lora_target_modules(model)
-    cfg = replace(cfg, target_modules=targets)
+    targets = tuple(target_modules or cfg.target_modules or lora_target_modules(model))
+    cfg = replace(cfg, target_modules=targets, target_parameters=tuple(target_parameters) or cfg.target_parameters)
     _, holdout = split_holdout(rows, cfg)
     metrics: dict[str, float] = {}
     if measure_base and holdout:

@@ -76,7 +76,7 @@ def _sync_index(lib, index: bool) -> None:
 def _train(*, data: Path, brick_id: str, description: str | None, examples: list[str], model: Path | None,
            library: Path | None, update: bool, continue_training: bool, eval_data: Path | None, steps: int,
            lr: float, rank: int, batch_size: int, target: float, eval_every: int, seed: int, index: bool,
-           as_json: bool, device: str = "auto") -> None:
+           as_json: bool, device: str = "auto", grad_accum: int = 1, checkpoint_dir: Path | None = None) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from bricks.device import resolve_device
@@ -97,7 +97,8 @@ def _train(*, data: Path, brick_id: str, description: str | None, examples: list
         if not description or not description.strip():
             fail("--description is required for a new brick (what the brick does, in one sentence)")
         cfg = LoraTrainConfig(r=rank, alpha=2 * rank, lr=lr, max_steps=steps, batch_size=batch_size, seed=seed,
-                              target_accuracy=target, eval_every=eval_every)
+                              target_accuracy=target, eval_every=eval_every, gradient_accumulation_steps=grad_accum,
+                              checkpoint_dir=str(checkpoint_dir) if checkpoint_dir is not None else None)
         spec = BrickSpec(id=brick_id, description=description.strip(), examples=tuple(examples))
         bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                        TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -138,12 +139,18 @@ def bricks_train(data: Path = typer.Option(..., "--data", help="Training rows JS
                  eval_data: Optional[Path] = EvalDataOpt, steps: int = StepsOpt, lr: float = LrOpt,
                  rank: int = RankOpt, batch_size: int = BatchOpt, target: float = TargetOpt,
                  eval_every: int = EvalEveryOpt, seed: int = SeedOpt, index: bool = IndexOpt,
-                 as_json: bool = JsonOpt, device: str = DeviceOpt) -> None:
-    """Train a LoRA brick on rows for the library's base model, measure it on a held-out part, and add it."""
+                 as_json: bool = JsonOpt, device: str = DeviceOpt,
+                 grad_accum: int = typer.Option(1, "--grad-accum", help="Split each --batch-size step into this many "
+                                                                       "micro-batches (gradient accumulation)."),
+                 checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir",
+                                                               help="Save the adapter here every --eval-every steps "
+                                                                    "(default: no checkpoints).")) -> None:
+    """Train a LoRA brick on rows for the library's base model (Hugging Face Trainer; bf16 on a GPU that has it),
+    measure it on a held-out part, and add it."""
     _train(data=data, brick_id=brick_id, description=description, examples=example or [], model=model,
            library=library, update=False, continue_training=False, eval_data=eval_data, steps=steps, lr=lr,
            rank=rank, batch_size=batch_size, target=target, eval_every=eval_every, seed=seed, index=index,
-           as_json=as_json, device=device)
+           as_json=as_json, device=device, grad_accum=grad_accum, checkpoint_dir=checkpoint_dir)
 
 
 @bricks_app.command("update")

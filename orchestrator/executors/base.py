@@ -10,8 +10,8 @@ from typing import Protocol, runtime_checkable
 from bricks.errors import BrickworkError
 from orchestrator.plan import BrickConfig, Decoding
 
-__all__ = ["GenerationRequest", "Executor", "UnsupportedConfigError", "group_requests", "config_masks", "reason",
-           "context_length", "context_problems"]
+__all__ = ["GenerationRequest", "Executor", "UnsupportedConfigError", "group_requests", "config_masks", "mask_target",
+           "reason", "context_length", "context_problems"]
 
 
 class UnsupportedConfigError(BrickworkError):
@@ -81,13 +81,30 @@ def group_requests(requests: Sequence[GenerationRequest]) -> dict[tuple[str, Dec
     return dict(groups)
 
 
+def mask_target(config: BrickConfig) -> str | None:
+    """What `config`'s mask bricks restrict: "neurons" (ffn_mask), "experts" (expert_mask), None without any; one
+    ConfigError when a step mixes both."""
+    from bricks.errors import ConfigError
+    from bricks.kinds import get_kind
+
+    targets = {get_kind(b.kind).restricts for b in config.masks}
+    if len(targets) > 1:
+        kinds = ", ".join(f"{b.key}: {b.kind}" for b in config.masks)
+        raise ConfigError(f"configuration {config.key} mixes FFN-neuron and expert mask bricks ({kinds}); "
+                          "expected one mask kind per step")
+    return next(iter(targets), None)
+
+
 def config_masks(library, config: BrickConfig, model_config, cache: dict | None = None) -> dict | None:
-    """The combined neuron mask of `config`'s emergent bricks, each checked against the model (and kept in
+    """The combined mask of `config`'s emergent bricks ({layer: bool [neurons]} or, for expert bricks,
+    {layer: bool [experts]}; see `mask_target`), each checked against the model (and kept in
     `cache` by brick key, when given, so it is read once); None when the configuration has no mask brick."""
     if not config.masks:
         return None
-    from bricks.ffn_mask import FfnMaskBrick, combine_masks
+    mask_target(config)  # one mask kind per step
+    from bricks.ffn_mask import combine_masks
     from bricks.integrity import check_brick
+    from bricks.kinds import get_kind
 
     cache = {} if cache is None else cache
     loaded = []
@@ -95,7 +112,8 @@ def config_masks(library, config: BrickConfig, model_config, cache: dict | None 
         if ref.key not in cache:
             brick = library.get(ref.id, ref.version)
             check_brick(brick)  # checksums, safetensors header, no symlinks (IntegrityError / UnsafeArtifactError)
-            mask_brick = FfnMaskBrick.from_dir(brick.path, brick.manifest)
+            # read as the kind the step names (FFN neurons or MoE experts): a brick of another kind fails here, named
+            mask_brick = get_kind(ref.kind).load(brick.path, brick.manifest)
             mask_brick.check_fits(model_config)
             cache[ref.key] = mask_brick.masks()
         loaded.append(cache[ref.key])

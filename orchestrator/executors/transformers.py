@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bricks.generation import generate_texts
 from bricks.lora.merge_cache import MergeCache, MergeStats
+from bricks.lora.multi import UnsupportedMixedLoraError
 from bricks.model_io import load_model, load_tokenizer
 from orchestrator.executors.base import (
     GenerationRequest,
@@ -23,11 +25,28 @@ from orchestrator.executors.base import (
     group_requests,
     reason,
 )
-from orchestrator.plan import BrickConfig
+from orchestrator.plan import BrickConfig, Decoding
 
 __all__ = ["TransformersExecutor", "MergeStats"]
 
 log = logging.getLogger(__name__)
+
+DeltaCallback = Callable[[int, str], None]
+
+
+def _by_decoding(requests: Sequence[GenerationRequest]) -> dict[Decoding, list[list[int]]]:
+    """Request indices grouped by brick configuration, the groups gathered by decoding (first-seen order)."""
+    out: dict[Decoding, list[list[int]]] = {}
+    for (_, decoding), idx in group_requests(requests).items():
+        out.setdefault(decoding, []).append(idx)
+    return out
+
+
+def _one_pass_kinds(config: BrickConfig) -> bool:
+    """Whether a configuration can share a one-pass batch: LoRA adapters and FFN-neuron masks only."""
+    from bricks.kinds import get_kind
+
+    return all(b.role == "adapter" or get_kind(b.kind).restricts == "neurons" for b in config.bricks)
 
 
 def _adapter_name(key: str) -> str:
@@ -40,7 +59,11 @@ def _merged_name(lora_key: str) -> str:
 
 
 class TransformersExecutor:
-    """Runs requests on a transformers model; each group of requests sharing a brick configuration is one batch.
+    """Runs requests on a transformers model: the requests of a call that share a decoding run as one batch (one
+    pass over stacked adapters and per-row masks when they use several brick configurations; `mixed_batches=False`
+    runs one batch per configuration). A mask-only configuration alone runs as compact FFN matrices (built once per
+    mask, kept in a cache of at most `compact_cache_bytes`); `fast_decode` (bricks.fast_decode.FastDecode) adds a
+    static KV cache and a compiled decode step, on a GPU by default.
 
     LoRA bricks are loaded into one PeftModel on first use and kept; several bricks in one step are combined
     with PEFT's `add_weighted_adapter` (cat, svd, linear, ties, dare_linear, dare_ties, ...), and the combined
@@ -55,8 +78,11 @@ class TransformersExecutor:
     def __init__(self, model_dir: Path, library, *, dtype: str = "auto", batch_size: int = 256,
                  trust_remote_code: bool = False, merge_seed: int = 0, compact: bool = True,
                  merge_cache_size: int = 16, merge_cache_bytes: int | None = None, device: str | None = "auto",
-                 device_map: str | dict | None = None) -> None:
+                 device_map: str | dict | None = None, mixed_batches: bool = True, fast_decode=None,
+                 compact_cache_bytes: int = 4 * 2**30) -> None:
         from bricks.device import resolve_device
+        from bricks.emergent.compact_cache import CompactCache
+        from bricks.fast_decode import FastDecode
 
         self.model_dir = Path(model_dir)
         self.library = library
@@ -73,6 +99,11 @@ class TransformersExecutor:
         self._merges: MergeCache[str, str] = MergeCache(merge_cache_size, merge_cache_bytes, self._drop_merged)
         self.merge_stats: MergeStats = self._merges.stats
         self._lock = threading.Lock()
+        self.mixed_batches = mixed_batches  # several configurations with the same decoding: one pass, not a loop
+        self._stacked = None  # bricks.lora.multi.MultiLora over the loaded adapters
+        self.one_pass_stats = {"batches": 0, "configs": 0, "fallbacks": 0}
+        self.fast_decode = fast_decode or FastDecode()  # static KV cache + compiled decode: on a GPU by default
+        self.compact_cache = CompactCache(compact_cache_bytes)  # compact FFN matrices, built once per mask
 
     @property
     def model_config(self):
@@ -110,6 +141,13 @@ class TransformersExecutor:
 
     def _activate(self, config: BrickConfig) -> str | None:
         """Make `config`'s LoRA part the active adapter; None means run the base model."""
+        target = self._adapter(config)
+        if target is not None:
+            self.model.set_adapter(target)
+        return target
+
+    def _adapter(self, config: BrickConfig) -> str | None:
+        """The PEFT adapter of `config`'s LoRA part (loaded, or merged, on first use); None for the base model."""
         loras = config.loras
         if not loras:
             return None
@@ -122,7 +160,6 @@ class TransformersExecutor:
                 target = _merged_name(config.lora_key)
                 nbytes = self._merge(names, [b.weight for b in loras], target, config)
                 self._merges.put(config.lora_key, target, nbytes)  # may delete least recently used merges
-        self.model.set_adapter(target)
         return target
 
     def _merge(self, names: list[str], weights: list[float], target: str, config: BrickConfig) -> int:
@@ -156,18 +193,25 @@ class TransformersExecutor:
         return self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else contextlib.nullcontext()
 
     def _masks(self, config: BrickConfig) -> dict | None:
-        """The combined neuron mask of `config`'s emergent bricks (loaded once per brick), None without any."""
+        """The combined mask of `config`'s emergent bricks, FFN neurons or MoE experts (loaded once per brick),
+        None without any."""
         return config_masks(self.library, config, self.model.config, self._mask_cache)
 
     def _ffn_context(self, config: BrickConfig, adapter: str | None):
-        """Masked FFN, or compact FFN when no LoRA runs in this group and `compact` is on."""
+        """Masked FFN, or compact FFN when no LoRA runs in this group and `compact` is on; for expert bricks,
+        routers that pick their top-k among the kept experts only."""
         from bricks.emergent import apply_masks, compact_ffn
+        from orchestrator.executors.base import mask_target
 
         masks = self._masks(config)
         if masks is None:
             return contextlib.nullcontext()
+        if mask_target(config) == "experts":
+            from bricks.expert_mask import apply_expert_masks
+
+            return apply_expert_masks(self.model, masks, config.mask_mode)
         if self.compact and adapter is None:
-            return compact_ffn(self.model, masks, config.mask_mode)
+            return compact_ffn(self.model, masks, config.mask_mode, cache=self.compact_cache)
         return apply_masks(self.model, masks, config.mask_mode)
 
     # -- Executor ---------------------------------------------------------------------------------------
@@ -192,31 +236,106 @@ class TransformersExecutor:
         if problems:
             raise UnsupportedConfigError("transformers executor cannot run: " + "; ".join(sorted(problems)))
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
+    def generate(self, requests: Sequence[GenerationRequest], *, on_delta: DeltaCallback | None = None) -> list[str]:
+        """The completion of each request, in order; `on_delta(i, text)` gets request i's new text as its tokens
+        come, when given (the deltas of a request add up to its completion)."""
         self.check(requests)
         out: list[str] = [""] * len(requests)
         with self._lock:
-            for (_, decoding), idx in group_requests(requests).items():
-                config = requests[idx[0]].config
-                adapter = self._activate(config)
-                prompts = [requests[i].prompt for i in idx]
+            for decoding, groups in _by_decoding(requests).items():
                 kwargs = dict(max_new_tokens=decoding.max_new_tokens, batch_size=self.batch_size,
                               do_sample=decoding.temperature > 0, temperature=decoding.temperature or 1.0,
                               top_p=decoding.top_p)
-                off = self._base_only() if adapter is None else contextlib.nullcontext()
-                with off, self._ffn_context(config, adapter):
-                    texts = generate_texts(self.model, self.tokenizer, prompts, **kwargs)
-                for i, text in zip(idx, texts):
-                    out[i] = text
+                if len(groups) > 1 and self.mixed_batches and all(_one_pass_kinds(requests[g[0]].config)
+                                                                  for g in groups):
+                    idx = [i for g in groups for i in g]
+                    try:
+                        texts = self._generate_one_pass([requests[i] for i in idx], kwargs,
+                                                        self._streamer(idx, on_delta))
+                    except UnsupportedMixedLoraError as e:  # raised before any token: run the groups one by one
+                        log.info("one-pass batch not possible (%s); running each configuration alone", e)
+                        self.one_pass_stats["fallbacks"] += 1
+                    else:
+                        for i, text in zip(idx, texts):
+                            out[i] = text
+                        continue
+                for idx in groups:
+                    config = requests[idx[0]].config
+                    adapter = self._activate(config)
+                    prompts = [requests[i].prompt for i in idx]
+                    off = self._base_only() if adapter is None else contextlib.nullcontext()
+                    with off, self._ffn_context(config, adapter):
+                        texts = generate_texts(self.model, self.tokenizer, prompts, streamer=self._streamer(idx, on_delta),
+                                               fast_decode=self.fast_decode, **kwargs)
+                    for i, text in zip(idx, texts):
+                        out[i] = text
         return out
 
-    def complete_constrained(self, prompt: str, grammar) -> str:
-        """The base model (no brick) completes `prompt` under `grammar` (`is_prefix`/`is_complete`): for planning."""
-        from bricks.constrained import generate_constrained
+    def _streamer(self, idx: list[int], on_delta: DeltaCallback | None):
+        """`generate_texts`' streamer factory for requests `idx` (a batch's rows are positions in `idx`)."""
+        if on_delta is None:
+            return None
+        from bricks.streaming import RowStreamer
 
+        sent: dict[int, str] = {}  # shared: a batch split and run again (out of memory) sends nothing twice
+        return lambda chunk: RowStreamer(self.tokenizer, [idx[c] for c in chunk], on_delta, sent=sent)
+
+    def _generate_one_pass(self, requests: Sequence[GenerationRequest], kwargs: dict, streamer=None) -> list[str]:
+        """Requests of several brick configurations in the same batches: each row gathers its own LoRA adapter
+        (`bricks.lora.multi`) and neuron mask (`bricks.emergent.row_masks`)."""
+        from bricks.emergent.row_masks import row_masks
+
+        adapters = [self._adapter(r.config) for r in requests]
+        masks = [self._masks(r.config) for r in requests]
+        modes = [r.config.mask_mode for r in requests]
+        stack = self._stack([a for a in adapters if a is not None]) if any(a is not None for a in adapters) else None
+        self.one_pass_stats["batches"] += 1
+        self.one_pass_stats["configs"] += len({r.config.key for r in requests})
+
+        @contextlib.contextmanager
+        def rows(chunk: list[int]):
+            with contextlib.ExitStack() as ctx:
+                ctx.enter_context(self._base_only())  # LoRA layers outside the stack run as the base model
+                if stack is not None:
+                    ctx.enter_context(stack.pass_for([adapters[i] for i in chunk]))
+                if any(m is not None for m in masks):
+                    ctx.enter_context(row_masks(self.model, [masks[i] for i in chunk], [modes[i] for i in chunk]))
+                yield
+
+        # not compiled: the per-row tensors are made per batch (and masks are hooks, which a compiled step ignores)
+        return generate_texts(self.model, self.tokenizer, [r.prompt for r in requests], batch_context=rows,
+                              streamer=streamer, fast_decode=dataclasses.replace(self.fast_decode, compile=False),
+                              **kwargs)
+
+    def _stack(self, needed: Sequence[str]):
+        """The loaded adapters stacked for one-pass batches (rebuilt when adapters are loaded or deleted); only
+        `needed` when some loaded adapter cannot be stacked. UnsupportedMixedLoraError when `needed` cannot."""
+        from bricks.lora.multi import MultiLora
+
+        names = tuple(sorted(self._loaded))
+        if self._stacked is None or self._stacked.adapters != names:
+            try:
+                self._stacked = MultiLora.from_peft(self.model, names)
+            except UnsupportedMixedLoraError:
+                self._stacked = None
+                return MultiLora.from_peft(self.model, needed)
+            log.info("stacked %d LoRA adapters for one-pass batches (%.1f MiB)", len(names),
+                     self._stacked.nbytes / 2**20)
+        return self._stacked
+
+    def complete_constrained(self, prompt: str, grammar) -> str:
+        """The base model (no brick) completes `prompt` greedily as JSON of `grammar.json_schema`: for planning."""
+        return self.complete_constrained_many([prompt], grammar)[0]
+
+    def complete_constrained_many(self, prompts: Sequence[str], grammar, *, max_new_tokens: int = 256) -> list[str]:
+        """`complete_constrained` for many prompts, batched (`bricks.constrained.generate_grammar`)."""
+        from bricks.constrained import generate_grammar, grammar_ebnf
+
+        ebnf = grammar_ebnf(grammar)
         with self._lock:
             with self._base_only():
-                return generate_constrained(self.model, self.tokenizer, prompt, grammar.is_prefix, grammar.is_complete)
+                return generate_grammar(self.model, self.tokenizer, prompts, ebnf, max_new_tokens=max_new_tokens,
+                                        context=context_length(self.model.config), batch_size=self.batch_size)
 
     def close(self) -> None:
         self.model = None

@@ -53,13 +53,14 @@ from orchestrator.integrations.langchain_messages import (
     step_metadata,
     task_of,
 )
+from orchestrator.integrations.langchain_steps import run_by_step
 from orchestrator.integrations.langchain_structured import (
     StructuredOutputError,
     ToolsNotSupportedError,
     structured_runnable,
 )
 from orchestrator.plan import Decoding, Plan
-from orchestrator.result import Result, StepTrace
+from orchestrator.result import Result
 
 __all__ = ["ChatBrickwork", "BrickworkPlanner", "TaskFailed", "StructuredOutputError", "ToolsNotSupportedError",
            "split_task", "split_history", "split_conversation", "result_metadata"]
@@ -255,23 +256,34 @@ class ChatBrickwork(BaseChatModel):
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         """A chunk per finished step (empty content; its trace as a one-item list in
-        `response_metadata["finished_steps"]`, so merged chunks list every step), then the answer with the
-        whole result's metadata. The plan runs a step at a time; executors do not stream tokens."""
+        `response_metadata["finished_steps"]`, so merged chunks list every step), the final step's text as its
+        tokens come, then a last chunk with the rest of the answer and the whole result's metadata. The chunks'
+        text adds up to what `invoke` answers (stop sequences held back until they are ruled out)."""
+        from bricks.streaming import DeltaGate
+
         plan = self._plans([split_conversation(messages, kwargs.get("input"))], self._decoding(kwargs))[0]
-        for trace in _run_by_step(self.orc, plan):
-            if isinstance(trace, Result):
-                result = trace
+        gate = DeltaGate(stop or self.stop or [])
+        for item in run_by_step(self.orc, plan, stream_last=True):
+            if isinstance(item, Result):
+                result = item
                 break
-            chunk = ChatGenerationChunk(message=AIMessageChunk(
-                content="", response_metadata={"finished_steps": [step_metadata(trace)]}))
+            if isinstance(item, str):
+                text = gate.push(item)
+                if not text:
+                    continue
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
+            else:
+                chunk = ChatGenerationChunk(message=AIMessageChunk(
+                    content="", response_metadata={"finished_steps": [step_metadata(item)]}))
             if run_manager:
-                run_manager.on_llm_new_token("", chunk=chunk)
+                run_manager.on_llm_new_token(chunk.message.content, chunk=chunk)
             yield chunk
         text, meta = self._message(result, stop)
-        chunk = ChatGenerationChunk(message=AIMessageChunk(content=text, response_metadata=meta,
+        rest = gate.rest(text) if result.error is None else text
+        chunk = ChatGenerationChunk(message=AIMessageChunk(content=rest, response_metadata=meta,
                                                            usage_metadata=self._usage(result), chunk_position="last"))
         if run_manager:
-            run_manager.on_llm_new_token(text, chunk=chunk)
+            run_manager.on_llm_new_token(rest, chunk=chunk)
         yield chunk
 
     # -- what brickwork does not do, or does its own way --------------------------------------------------
@@ -285,37 +297,12 @@ class ChatBrickwork(BaseChatModel):
                                strict: bool | None = None, **kwargs: Any) -> Runnable:
         """A Runnable whose answer is a value of `schema` (a pydantic model class: an instance of it; a JSON
         schema dict, TypedDict or OpenAI function: a dict), written by the base model under a JSON grammar made
-        from the schema (constrained decoding: the transformers executor). `method` and `strict` are accepted for
-        LangChain compatibility; every method is that constrained decoding."""
+        from the schema (constrained decoding with xgrammar, on either executor). `method` and `strict` are
+        accepted for LangChain compatibility; every method is that constrained decoding."""
         if schema is None:
             raise StructuredOutputError("with_structured_output needs a schema: a pydantic model class or a JSON "
                                         "schema dict")
         return structured_runnable(self, schema, include_raw=include_raw)
-
-
-def _run_by_step(orc, plan: Plan) -> Iterator[StepTrace | Result]:
-    """Run `plan` one step at a time (each as a one-step plan on its input), yielding each finished step's
-    trace, then the whole Result (as `Orchestrator.run_plans` would build it; a failed step ends the run)."""
-    traces: list[StepTrace] = []
-    run_ms = 0.0
-    for i, step in enumerate(plan.steps):
-        text = plan.input if step.input_from is None else traces[step.input_from].output
-        one = Plan(instruction=plan.instruction, input=text, history=plan.history,
-                   steps=(step.model_copy(update={"input_from": None}),))
-        done = orc.run_plans([one])[0]
-        trace = done.steps[0].model_copy(update={"index": i})
-        run_ms += done.timings_ms.get("run_ms", 0.0)
-        traces.append(trace)
-        yield trace
-        if trace.error is not None:
-            break
-    failed = next((t for t in traces if t.error is not None), None)
-    traces += [StepTrace(index=i, instruction=s.instruction, input="", output="", bricks=s.config.bricks, route=s.route,
-                         timings_ms={}, error=f"not run: step {failed.index} failed")
-               for i, s in enumerate(plan.steps) if i >= len(traces)] if failed else []
-    yield Result(instruction=plan.instruction, input=plan.input, output="" if failed else traces[-1].output,
-                 plan=plan, steps=tuple(traces), timings_ms={"plan_ms": 0.0, "run_ms": round(run_ms, 3)},
-                 error=f"step {failed.index} failed: {failed.error}" if failed else None)
 
 
 def _with_decoding(plan: Plan, decoding: Decoding) -> Plan:

@@ -3,8 +3,9 @@ made from the schema (`bricks.json_grammar`, decoded by the executor's `complete
 
 The model sees the last human message's instruction with the schema appended (rendered like a step: the model's
 chat template with the history, or the raw template), and writes a JSON value of the schema, nothing else. No
-bricks run: the base model answers. Needs an executor with constrained decoding (transformers) and a tokenizer
-that can write JSON's characters; otherwise a one-line `StructuredOutputError` names what is missing.
+bricks run: the base model answers. Needs an executor with constrained decoding (transformers or vLLM, both with
+xgrammar's grammar of the schema) and a tokenizer that can write JSON's characters; otherwise a one-line
+`StructuredOutputError` names what is missing.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def _decode(chat, value: Any, schema: dict, grammar: JsonSchemaGrammar) -> str:
     complete = getattr(orc.executor, "complete_constrained", None)
     if complete is None:
         raise StructuredOutputError(f"with_structured_output needs an executor with constrained decoding "
-                                    f"(transformers); executor {getattr(orc.executor, 'name', '?')!r} has none")
+                                    f"(transformers or vllm); executor {getattr(orc.executor, 'name', '?')!r} has none")
     template = choose_template(getattr(orc, "prompt_format", None), None, getattr(orc.executor, "tokenizer", None),
                                orc.template)
     text = SCHEMA_PROMPT.format(instruction=instruction, schema=json.dumps(schema, separators=(",", ":")))
@@ -76,10 +77,12 @@ def structured_runnable(chat, schema: Any, *, include_raw: bool = False) -> Runn
         text = _decode(chat, value, json_schema, grammar)
         raw = AIMessage(content=text, response_metadata={"model_provider": "brickwork", "constrained": True})
         try:
-            if not grammar.is_complete(text):
+            try:  # the decoder writes only JSON of the schema: whole, or cut short
+                value = json.loads(text)
+            except json.JSONDecodeError:
                 raise StructuredOutputError(f"the model wrote no complete JSON value of the schema: {text[:80]!r} "
-                                            "(its tokenizer must be able to write JSON's characters)")
-            parsed, error = parse(json.loads(text)), None
+                                            "(its tokenizer must be able to write JSON's characters)") from None
+            parsed, error = parse(value), None
         except Exception as e:  # noqa: BLE001 (reported as parsing_error with include_raw)
             if not include_raw:
                 raise

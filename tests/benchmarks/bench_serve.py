@@ -9,7 +9,11 @@ p50 and p99 latency, the mean batch the server formed; and the server's RSS over
     python tests/benchmarks/bench_serve.py [--requests 256] [--clients 1 8 32 128] [--max-batch 32] [--repeat 1]
                                            [--tasks mixed|reverse]
 
-Goals (issue #17): >= 5x the requests/s of one client at 32 clients; p99 <= 3x p50 at 32 clients.
+Then one client streams `--stream-requests` answers: time to the first content chunk against time to the whole
+answer (medians), chunks per answer, and whether the chunks add up to the right answer.
+
+Goals (issue #17): >= 5x the requests/s of one client at 32 clients; p99 <= 3x p50 at 32 clients; the first token
+before the answer is complete.
 """
 
 from __future__ import annotations
@@ -132,6 +136,37 @@ async def level(url: str, clients: int, requests: int, time_limit: float, tasks:
             "mean_batch": done / batches if batches else float("nan")}
 
 
+async def streaming(url: str, requests: int) -> dict:
+    """One client, `requests` streamed chat completions (one- and two-step plans): when the first content chunk
+    arrives and when the answer is complete, and whether the chunks add up to the right answer."""
+    import json
+
+    first, total, chunks, wrong = [], [], [], 0
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": "Bearer bench"}, timeout=120) as http:
+        for i in range(requests):
+            _, instruction, answer = TASKS[[0, 2, 4][i % 3]]  # reverse; reverse then uppercase; double (brickwork)
+            word = WORDS[i % len(WORDS)]
+            body = {"model": "brickwork", "stream": True,
+                    "messages": [{"role": "user", "content": f"{instruction}\nInput: {word}"}]}
+            t0, t_first, text, n = time.perf_counter(), None, "", 0
+            async with http.stream("POST", "/v1/chat/completions", json=body) as r:
+                async for line in r.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    for choice in json.loads(line[6:]).get("choices", []):
+                        piece = (choice.get("delta") or {}).get("content") or ""
+                        if piece:
+                            t_first = t_first or time.perf_counter() - t0
+                            text, n = text + piece, n + 1
+            total.append(time.perf_counter() - t0)
+            first.append(t_first if t_first is not None else total[-1])
+            chunks.append(n)
+            wrong += text != answer(word)
+    return {"requests": requests, "first_ms": statistics.median(first) * 1000,
+            "total_ms": statistics.median(total) * 1000, "chunks": statistics.mean(chunks), "wrong": wrong,
+            "earlier": sum(f < t * 0.9 for f, t in zip(first, total))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=256, help="Requests per level of concurrency.")
@@ -145,6 +180,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="Run the sweep this many times; report each level's best run (other load on the machine "
                              "only slows runs down).")
+    parser.add_argument("--stream-requests", type=int, default=60,
+                        help="Streamed requests from one client, timed to the first token and to the end (0: none).")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -159,6 +196,7 @@ def main() -> None:
         runs = [[asyncio.run(level(url, c, max(args.requests, c), args.time_limit, tasks)) for c in args.clients]
                 for _ in range(max(1, args.repeat))]
         rows = [max((run[i] for run in runs), key=lambda r: r["rps"]) for i in range(len(args.clients))]
+        streamed = asyncio.run(streaming(url, args.stream_requests)) if args.stream_requests else None
         rss_end = _rss_mib(proc.pid)
     finally:
         sampler.done.set()
@@ -177,6 +215,12 @@ def main() -> None:
     samples = [s for s in sampler.samples if s == s]
     log.info("server RSS: start %.0f MiB, end %.0f MiB, peak %.0f MiB (%d samples)", rss_start, rss_end,
              max(samples) if samples else float("nan"), len(samples))
+    if streamed:
+        log.info("streaming, one client, %d requests: first token p50 %.1f ms, whole answer p50 %.1f ms (%.2f); "
+                 "%.1f content chunks per answer; first token before 90%% of the answer's time in %d/%d; wrong %d",
+                 streamed["requests"], streamed["first_ms"], streamed["total_ms"],
+                 streamed["first_ms"] / streamed["total_ms"], streamed["chunks"], streamed["earlier"],
+                 streamed["requests"], streamed["wrong"])
     at32 = next((r for r in rows if r["clients"] == 32), None)
     if at32 and base:
         log.info("goals at 32 clients: throughput %.1fx one client (goal >= 5x): %s; p99/p50 %.2f (goal <= 3): %s",

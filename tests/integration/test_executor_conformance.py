@@ -2,8 +2,9 @@
 LoRA and mixed batches on the toy world (float32 on CPU, so outputs match exactly).
 
 The reference runs each request alone on transformers with masks applied by zeroing; the executors under test
-run the requests together (vLLM: one mixed batch with per-token LoRA and mask slots; transformers: grouped,
-with compact FFN matrices for mask-only groups).
+run the requests together (vLLM: one mixed batch with per-token LoRA and mask slots; transformers: one pass
+with per-row stacked LoRA and mask slots when a batch mixes configurations, and grouped, with compact FFN matrices
+for mask-only groups, when it does not or when one-pass batches are off).
 """
 
 import pytest
@@ -52,7 +53,7 @@ def expected(reference_executor):
     return {name: [reference_executor.generate([r])[0] for r in reqs] for name, reqs in CASES.items()}
 
 
-@pytest.fixture(params=["transformers", "vllm"])
+@pytest.fixture(params=["transformers", "transformers_grouped", "vllm"])
 def executor(request):
     return request.getfixturevalue(f"{request.param}_executor")
 
@@ -76,3 +77,35 @@ def test_unsupported_bricks_are_listed_in_one_error(executor):
         executor.generate(bad)
     assert "nosuch" in str(e.value) and "missing" in str(e.value)
     assert executor.generate(CASES["base"][:1]) == ["tenalp"]  # the executor still works afterwards
+
+
+def test_transformers_mixed_case_runs_in_one_pass(transformers_executor, transformers_grouped_executor):
+    before = dict(transformers_executor.one_pass_stats)
+    transformers_executor.generate(CASES["mixed"])
+    transformers_grouped_executor.generate(CASES["mixed"])
+    assert transformers_executor.one_pass_stats["batches"] == before["batches"] + 1
+    assert transformers_executor.one_pass_stats["configs"] - before["configs"] >= 8  # base, 4 LoRAs, masks, both
+    assert transformers_grouped_executor.one_pass_stats["batches"] == 0
+
+
+@pytest.mark.parametrize("case", ["lora", "mixed"])
+def test_streamed_deltas_add_up_to_the_outputs(executor, expected, case):
+    deltas: dict[int, list[str]] = {}
+    out = executor.generate(CASES[case], on_delta=lambda i, text: deltas.setdefault(i, []).append(text))
+    assert out == expected[case]
+    assert ["".join(deltas.get(i, [])) for i in range(len(out))] == out
+    assert max(len(d) for d in deltas.values()) >= 4  # token by token, not one chunk at the end
+
+
+def test_adapters_that_cannot_be_stacked_run_grouped(transformers_executor, expected, monkeypatch):
+    from bricks.lora.multi import MultiLora, UnsupportedMixedLoraError
+
+    def refuse(model, adapters, mode="auto"):
+        raise UnsupportedMixedLoraError("one-pass mixed LoRA cannot run: adapter x uses a LoRA variant (DoRA, ...)")
+
+    monkeypatch.setattr(MultiLora, "from_peft", staticmethod(refuse))
+    monkeypatch.setattr(transformers_executor, "_stacked", None)
+    before = dict(transformers_executor.one_pass_stats)
+    assert transformers_executor.generate(CASES["lora"]) == expected["lora"]
+    assert transformers_executor.one_pass_stats["fallbacks"] == before["fallbacks"] + 1  # tried, then ran grouped
+    assert transformers_executor.one_pass_stats["batches"] == before["batches"]

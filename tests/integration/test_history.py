@@ -72,16 +72,22 @@ def test_toy_world_answers_a_follow_up_as_before(toy):
     assert res.output == "TENALP" and len(res.plan.history) == 2
 
 
-def test_stream_yields_a_chunk_per_step_then_the_answer(toy):
+def test_stream_yields_each_step_then_the_answer_token_by_token(toy):
     chunks = list(toy.stream("Reverse the text, then convert to uppercase.\nInput: planet"))
-    assert len(chunks) == 3
-    assert [c.response_metadata["finished_steps"][0]["output"] for c in chunks[:2]] == ["tenalp", "TENALP"]
-    assert [c.content for c in chunks] == ["", "", "TENALP"] and chunks[-1].chunk_position == "last"
-    full = chunks[0] + chunks[1] + chunks[2]
+    steps = [c for c in chunks if "finished_steps" in c.response_metadata]
+    assert [c.response_metadata["finished_steps"][0]["output"] for c in steps] == ["tenalp", "TENALP"]
+    tokens = [c.content for c in chunks[1:-2]]  # after step 0's chunk: the last step's text, then its trace, the end
+    assert len(tokens) >= 4 and "".join(tokens) + chunks[-1].content == "TENALP"  # token by token, adding up
+    assert chunks[-1].chunk_position == "last"
+    full = chunks[0]
+    for c in chunks[1:]:
+        full = full + c
     assert [s["step"] for s in full.response_metadata["finished_steps"]] == [0, 1]
     # the first step runs on reverse's emergent brick, the second (on its output) on the whole model
     assert full.response_metadata["bricks"] == [["emergent-reverse@1"], []] and full.content == "TENALP"
     assert toy.invoke("Reverse the text, then convert to uppercase.\nInput: planet").content == "TENALP"
+    stopped = "".join(c.content for c in toy.stream("Reverse the text.\nInput: abcdef", stop=["dc"]))
+    assert stopped == toy.invoke("Reverse the text.\nInput: abcdef", stop=["dc"]).content == "fe"
 
 
 def test_a_failed_step_ends_the_stream_with_task_failed(toy):
@@ -111,8 +117,7 @@ def test_structured_output_on_the_toy_world_names_what_is_missing(toy):
 
 @pytest.fixture(scope="module")
 def json_lm(tmp_path_factory):
-    """A tiny random Llama over a character vocabulary of 48 tokens, so every character of JSON is among the
-    64 candidates the constrained decoder tries."""
+    """A tiny random Llama over a character vocabulary of 48 tokens, every character of JSON among them."""
     import torch
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -143,10 +148,10 @@ class ConstrainedExecutor:
         self.model, self.tokenizer, self.prompts = load_model(folder), load_tokenizer(folder), []
 
     def complete_constrained(self, prompt, grammar):
-        from bricks.constrained import generate_constrained
+        from bricks.constrained import generate_grammar, grammar_ebnf
 
         self.prompts.append(prompt)
-        return generate_constrained(self.model, self.tokenizer, prompt, grammar.is_prefix, grammar.is_complete)
+        return generate_grammar(self.model, self.tokenizer, [prompt], grammar_ebnf(grammar))[0]
 
 
 def test_structured_output_decodes_json_of_the_schema(json_lm):

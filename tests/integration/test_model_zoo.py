@@ -7,28 +7,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from zoo_models import SMALL, ZOO, save_zoo_model
 
 from bricks.emergent import FfnLayoutError, apply_masks, compact_ffn, ffn_layout
 from bricks.errors import IncompatibleBrickError
 from bricks.lora.brick import ADAPTER_WEIGHTS, LoraBrick, LoraBrickConfig
 
-SMALL = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-# family -> (config class, model class, config overrides, LoRA target modules)
-ZOO = {
-    "llama": ("LlamaConfig", "LlamaForCausalLM", {}, ["q_proj", "v_proj", "gate_proj", "down_proj"]),
-    "mistral": ("MistralConfig", "MistralForCausalLM", {}, ["q_proj", "k_proj", "up_proj"]),
-    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}, ["q_proj", "o_proj", "gate_proj"]),
-    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}, ["q_proj", "v_proj", "down_proj"]),
-    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"head_dim": 16}, ["q_proj", "o_proj", "up_proj"]),
-    "phi3": ("Phi3Config", "Phi3ForCausalLM", {}, ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]),
-    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}, ["q_proj", "k_proj", "gate_proj", "down_proj"]),
-    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", {}, ["query_key_value", "dense", "dense_h_to_4h",
-                                                             "dense_4h_to_h"]),
-    "gpt2": ("GPT2Config", "GPT2LMHeadModel", {"n_inner": 128, "n_positions": 64}, ["c_attn", "c_proj", "c_fc"]),
-    "mixtral": ("MixtralConfig", "MixtralForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 2},
-                ["q_proj", "v_proj"]),
-}
 DENSE = [f for f in ZOO if f != "mixtral"]
 
 
@@ -38,11 +22,7 @@ def zoo(request, tmp_path_factory):
     import transformers
 
     family = request.param
-    config_cls, model_cls, extra, _ = ZOO[family]
-    torch.manual_seed(0)
-    cfg = getattr(transformers, config_cls)(**{**SMALL, **extra})
-    folder = tmp_path_factory.mktemp(family)
-    getattr(transformers, model_cls)(cfg).save_pretrained(folder)
+    folder = save_zoo_model(family, tmp_path_factory.mktemp(family))
     model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
     assert model.config.model_type == family
     return family, model, model.config

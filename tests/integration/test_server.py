@@ -184,6 +184,33 @@ def test_streaming_chat_and_completions(client, server):
     assert raw.text.rstrip().endswith("data: [DONE]")
 
 
+def test_streaming_is_token_by_token_and_the_first_token_comes_before_the_answer(client):
+    word = "planet"
+    t0 = time.perf_counter()
+    arrivals = []
+    for c in _ask(client, "Double every letter.", extra_body={"input": word}, stream=True):
+        if c.choices and c.choices[0].delta.content:
+            arrivals.append((time.perf_counter() - t0, c.choices[0].delta.content))
+    assert "".join(t for _, t in arrivals) == "".join(ch + ch for ch in word)
+    assert len(arrivals) >= 6  # chunks as tokens come, not the answer in one piece
+    assert arrivals[0][0] < arrivals[-1][0]
+    text = "".join(c.choices[0].text for c in client.completions.create(
+        model="brickwork", prompt=["Reverse the text.\nInput: abcdef", "Double every letter.\nInput: xyz"],
+        stream=True) if c.choices and c.choices[0].index == 1)
+    assert text == "xxyyzz"
+
+
+def test_streaming_holds_back_a_stop_sequence_split_over_tokens(client):
+    chunks = list(_ask(client, "Reverse the text.\nInput: abcdefgh", stop=["dc"], stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "hgfe"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+
+def test_streaming_errors_before_the_first_token_are_http_errors(client):
+    status, body = _status(lambda: list(_ask(client, "Reverse.", model="brick:nope", stream=True)))
+    assert status == 404 and body["code"] == "model_not_found"
+
+
 # -- errors -------------------------------------------------------------------------------------------------
 def test_unknown_models_are_404(client):
     status, body = _status(lambda: _ask(client, "Reverse the text.\nInput: a", model="brick:nope"))

@@ -47,7 +47,8 @@ def test_engine_is_compiled_without_lora_and_patched_at_load(vllm_compiled_execu
     ex = vllm_compiled_executor
     assert ex.compiled and not ex.enable_lora
     state = ex.llm.collective_rpc("brickwork_install", args=(4, 512))[0]
-    assert state == {"layers": 4, "static": True, "problems": [], "at_load": True, "compact": False}
+    assert state == {"layers": 4, "static": True, "problems": [], "at_load": True, "compact": False,
+                     "masks_off": None}
     stats = ex.llm.collective_rpc("brickwork_compile_stats")[0]
     assert stats["mode"] != 0 and stats["vllm"]["num_models_seen"] == 1
 

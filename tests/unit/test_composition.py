@@ -144,31 +144,33 @@ def test_model_decomposer_uses_model_then_falls_back():
     assert d.stats == {"model": 1, "fallback": 2}
 
 
-class _RankedModel:
-    """A fake causal LM whose next-token ranking never changes: x, ", a, ], [, <eos>."""
+class _RankedHead(torch.nn.Module):
+    """An output head whose next-token ranking never changes: x, ", a, ], [, <eos>, then the rest."""
 
     def __init__(self, tokenizer):
+        super().__init__()
         order = [tokenizer.convert_tokens_to_ids(t) for t in ("x", '"', "a", "]", "[")] + [tokenizer.eos_token_id]
-        self.logits = torch.zeros(len(tokenizer))
+        logits = torch.zeros(len(tokenizer))
         for rank, t in enumerate(order):
-            self.logits[t] = 100.0 - rank
+            logits[t] = 100.0 - rank
+        self.register_buffer("logits", logits)
 
-    def __call__(self, input_ids, past_key_values=None, use_cache=True):
-        class Out:
-            pass
-
-        out = Out()
-        out.logits = self.logits.expand(1, input_ids.shape[1], -1)
-        out.past_key_values = None
-        return out
+    def forward(self, hidden):  # [B, T, H] -> [B, T, V]
+        return self.logits.expand(*hidden.shape[:-1], -1)
 
 
 def test_constrained_decoding_writes_only_grammar_text():
-    from bricks.constrained import generate_constrained
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from bricks.constrained import generate_grammar, grammar_ebnf
     from bricks.toyworld.tokenizer import CHARACTERS, build_tokenizer
 
     tok = build_tokenizer(characters=CHARACTERS + '[]"')
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False,
+                                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)).eval()
+    model.lm_head = _RankedHead(tok)
     g = StepListGrammar(max_steps=2, max_chars=3)
-    text = generate_constrained(_RankedModel(tok), tok, "Task: x\nSteps: ", g.is_prefix, g.is_complete)
+    text = generate_grammar(model, tok, ["Task: x\nSteps: "], grammar_ebnf(g))[0]
     assert text == '["xxx"]'  # unconstrained, the model would write "xxxx..."
     assert parse_step_list(text, 2) == ["Xxx."]

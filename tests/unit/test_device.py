@@ -120,19 +120,16 @@ class _Stub:
     device = torch.device("meta")
 
     def __init__(self, vocab: int) -> None:
-        self.vocab = vocab
-        self.seen: list[torch.device] = []
-
-    def generate(self, input_ids, attention_mask, max_new_tokens, **kwargs):
-        self.seen += [input_ids.device, attention_mask.device]
-        b, t = input_ids.shape
-        return torch.zeros(b, t + max_new_tokens, dtype=torch.long)
-
-    def __call__(self, input_ids, past_key_values=None, use_cache=True):
         from types import SimpleNamespace
 
-        self.seen.append(input_ids.device)
-        return SimpleNamespace(logits=torch.zeros(1, input_ids.shape[1], self.vocab), past_key_values=None)
+        self.vocab = vocab
+        self.config = SimpleNamespace(vocab_size=vocab, max_position_embeddings=64)
+        self.seen: list[torch.device] = []
+
+    def generate(self, input_ids, attention_mask, max_new_tokens=None, generation_config=None, **kwargs):
+        self.seen += [input_ids.device, attention_mask.device]
+        b, t = input_ids.shape
+        return torch.zeros(b, t + (max_new_tokens or generation_config.max_new_tokens), dtype=torch.long)
 
 
 def test_model_device_is_the_models_or_its_first_parameters():
@@ -143,16 +140,17 @@ def test_model_device_is_the_models_or_its_first_parameters():
 
 
 def test_generate_texts_and_constrained_decoding_build_inputs_on_the_models_device():
-    from bricks.constrained import generate_constrained
+    from bricks.constrained import generate_json
     from bricks.generation import generate_texts
-    from bricks.toyworld.tokenizer import build_tokenizer
+    from bricks.toyworld.tokenizer import CHARACTERS, build_tokenizer
 
     tok = build_tokenizer()
     stub = _Stub(len(tok))
     assert len(generate_texts(stub, tok, ["ab", "abcd", "a"], max_new_tokens=2, batch_size=2)) == 3
     assert stub.seen and set(stub.seen) == {torch.device("meta")}
-    stub.seen.clear()
-    generate_constrained(stub, tok, "ab", lambda text: True, lambda text: len(text) >= 2, max_new_tokens=3)
+    json_tok = build_tokenizer(characters=CHARACTERS + '"')
+    stub = _Stub(len(json_tok))
+    assert generate_json(stub, json_tok, ["ab", "abc"], {"type": "string"}, max_new_tokens=3) == ["", ""]
     assert stub.seen and set(stub.seen) == {torch.device("meta")}
 
 

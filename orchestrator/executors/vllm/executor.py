@@ -36,8 +36,10 @@ from orchestrator.executors.base import (
     reason,
 )
 from orchestrator.executors.vllm import compat
+from orchestrator.executors.vllm.architectures import check_lora_support, ffn_size, mask_ffn_size
 from orchestrator.executors.vllm.compat import cpu_engine_env
 from orchestrator.executors.vllm.merges import MergeFolders, is_merged
+from orchestrator.executors.vllm.streaming import stream_engine
 from orchestrator.plan import BrickConfig, BrickRef, Decoding
 
 __all__ = ["VllmExecutor", "VllmNotInstalledError", "lora_int_id", "lora_rank_limit", "cpu_engine_env", "LORA_RANKS"]
@@ -168,7 +170,8 @@ class VllmExecutor:
         enforce_eager, self.enable_lora = compat.engine_mode(
             cpu=current_platform.is_cpu(), enforce_eager=engine_args.pop("enforce_eager", enforce_eager),
             enable_lora=engine_args.pop("enable_lora", enable_lora), library_loras=len(ranks))
-        install = (self._config.num_hidden_layers, self._config.intermediate_size, compact, str(self.model_dir),
+        check_lora_support(self._config, self.enable_lora, len(ranks))  # before an engine that would fail on it
+        install = (self._config.num_hidden_layers, ffn_size(self._config), compact, str(self.model_dir),
                    compact_cache_masks, max_masks)
         kwargs: dict[str, Any] = dict(
             model=str(self.model_dir), dtype=dtype, enable_lora=self.enable_lora, max_num_seqs=max_num_seqs,
@@ -280,7 +283,7 @@ class VllmExecutor:
 
             masks = config_masks(self.library, config, self._config)
             self._packed_masks[key] = pack_mask(kept_neurons(masks, config.mask_mode),
-                                                self._config.num_hidden_layers, self._config.intermediate_size)
+                                                self._config.num_hidden_layers, mask_ffn_size(self._config))
         return self._packed_masks[key]
 
     def _register_masks(self, configs: Mapping[str, BrickConfig]) -> None:
@@ -313,6 +316,11 @@ class VllmExecutor:
             if config.key in seen:
                 continue
             seen.add(config.key)
+            experts = [b.key for b in config.masks if get_kind(b.kind).restricts == "experts"]
+            if experts:  # MoE expert subsets run on the transformers executor only
+                problems.add(f"{config.key}: expert_mask brick(s) {', '.join(experts)} are not supported on vLLM; "
+                             "use the transformers executor")
+                continue
             try:
                 self._lora_request(config)
                 if config.masks:
@@ -330,7 +338,9 @@ class VllmExecutor:
                               max_tokens=decoding.max_new_tokens, detokenize=False,  # decoded here, once
                               extra_args={"brickwork_mask": mask_slot} if mask_slot else None)
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
+    def generate(self, requests: Sequence[GenerationRequest], *, on_delta=None) -> list[str]:
+        """The completion of each request, in order; `on_delta(i, text)` gets request i's new text as the engine
+        writes it, when given (the deltas of a request add up to its completion)."""
         if not requests:
             return []
         # no merged adapter this call uses is evicted while it runs (the cache is trimmed when it ends)
@@ -338,11 +348,12 @@ class VllmExecutor:
             self.check(requests)
             outs: list[str] = [""] * len(requests)
             for part in _mask_parts(requests, self.max_masks):
-                for i, text in zip(part, self._generate([requests[i] for i in part])):
+                sink = None if on_delta is None else (lambda j, text, part=part: on_delta(part[j], text))
+                for i, text in zip(part, self._generate([requests[i] for i in part], sink)):
                     outs[i] = text
         return outs
 
-    def _generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
+    def _generate(self, requests: Sequence[GenerationRequest], on_delta=None) -> list[str]:
         """One engine call for requests whose masks (at most max_masks of them) all fit in the workers at once."""
         from vllm.inputs import TokensPrompt
 
@@ -355,12 +366,25 @@ class VllmExecutor:
             prompts.append(prompt)
             params.append(self._sampling(r.decoding, self._mask_slots[r.config.mask_key] if r.config.masks else 0))
             loras.append(self._lora_request(r.config, count=False))
+        if on_delta is not None:
+            return stream_engine(self.llm.llm_engine, self.tokenizer, prompts, params, loras, on_delta)
         outs = self.llm.generate(prompts, params, lora_request=loras, use_tqdm=False)
         return [self.tokenizer.decode(o.outputs[0].token_ids, skip_special_tokens=True) for o in outs]
 
     def mask_stats(self) -> dict[str, object]:
         """The first worker's registered mask slots and its forward passes by kind (none, uniform, compact, mixed)."""
         return self.llm.collective_rpc("brickwork_masks")[0]
+
+    def complete_constrained(self, prompt: str, grammar) -> str:
+        """The base model (no brick) completes `prompt` greedily as JSON of `grammar.json_schema`: for planning."""
+        return self.complete_constrained_many([prompt], grammar)[0]
+
+    def complete_constrained_many(self, prompts: Sequence[str], grammar, *, max_new_tokens: int = 256) -> list[str]:
+        """`complete_constrained` for many prompts in one engine call (`orchestrator.executors.vllm.constrained`)."""
+        from orchestrator.executors.vllm.constrained import complete_json
+
+        with self._lock:  # the base model: no LoRA request, no mask slot
+            return complete_json(self.llm, self.tokenizer, prompts, grammar, max_new_tokens=max_new_tokens)
 
     def close(self) -> None:
         """Shut the engine (and its worker processes) down; the executor cannot be used afterwards."""

@@ -183,12 +183,15 @@ class MaskTable:
         self.batch = BatchMasks(uniform=0)
 
     def apply_static(self, layer: int, h):
-        """h [T, I_local] with each token's mask applied: a gather of its slot's row and a multiply, reading only
-        the device buffers (what a compiled graph or a CUDA graph replays)."""
-        return h * self.rows[layer].index_select(0, self.token_slots[: h.shape[0]])  # [T, I] * [T, I]
+        """h [T, I_local] (or [1, T, I_local], as vLLM's Transformers modeling backend runs) with each token's mask
+        applied: a gather of its slot's row and a multiply, reading only the device buffers (what a compiled graph
+        or a CUDA graph replays)."""
+        flat = h.reshape(-1, h.shape[-1])  # [T, I]: the tokens in batch order, as `token_slots` holds them
+        return (flat * self.rows[layer].index_select(0, self.token_slots[: flat.shape[0]])).view(h.shape)
 
     def apply(self, layer: int, h):
-        """h [T, I_local] (the FFN activations entering down_proj) with each token's mask applied."""
+        """h [T, I_local] or [1, T, I_local] (the FFN activations entering the down projection) with each token's
+        mask applied."""
         import torch
 
         if self.static or torch.compiler.is_compiling():

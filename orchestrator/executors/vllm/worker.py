@@ -4,26 +4,26 @@
 tensor-parallel rank, in vLLM's engine process) gets the methods below, called through `LLM.collective_rpc`.
 The patches go in right after the model is loaded, before vLLM's warm-up traces (torch.compile) or captures
 (CUDA graphs) it: the executor passes their settings in `additional_config["brickwork"]`, and the extension
-wraps the model runner's `load_model` when the worker creates its runner. Each decoder layer's `down_proj` gets
-a pre-hook that multiplies its input by the mask rows of each token's slot (`MaskTable.apply`): tensor work on
+wraps the model runner's `load_model` when the worker creates its runner. Each decoder layer's down projection
+(`down_proj`, GPT-NeoX's `dense_4h_to_h`, GPT-2's `c_proj`: `mlp_layout.LAYOUTS`) gets a pre-hook that
+multiplies its input by the mask rows of each token's slot (`MaskTable.apply`): tensor work on
 buffers written in place, which a compiled graph replays with whatever masks they hold. Before each step, the
 runner's `_prepare_inputs` (called with and without LoRA) writes the token -> mask-slot buffer from the batch
 order, where a request names its slot in `SamplingParams.extra_args["brickwork_mask"]`. In eager mode, batches
-whose tokens share one mask and no LoRA run compact FFN matrices built when the mask was registered.
+whose tokens share one mask and no LoRA run compact FFN matrices built when the mask was registered (gated
+layouts; non-gated ones run masked). A mixture of experts runs without FFN masks (LoRA only).
 """
 
 from __future__ import annotations
 
-import re
-
 from bricks.errors import ConfigError
 from orchestrator.executors.vllm.lora_ops import CPU_LORA_OPS, StepSelections
+from orchestrator.executors.vllm.mlp_layout import find_mlps
 
 __all__ = ["BrickworkWorkerExtension", "MASK_ARG", "OPTIONS_KEY"]
 
 MASK_ARG = "brickwork_mask"
 OPTIONS_KEY = "brickwork"  # the executor's settings in vLLM's additional_config
-_MLP = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp$")
 
 
 def _weight(linear):
@@ -62,14 +62,21 @@ class _FfnWeights:
             for f in sorted(Path(self.model_dir).glob("*.safetensors")):
                 with safe_open(str(f), framework="pt") as st:
                     self._files.update({k: str(f) for k in st.keys()})
+        prefix = f"model.layers.{layer}.mlp."
+        fused = prefix + "gate_up_proj.weight" in self._files  # Phi-3: gate rows, then up rows
         out = []
-        for proj in ("gate_proj", "up_proj", "down_proj"):
-            name = f"model.layers.{layer}.mlp.{proj}.weight"
+        for proj in ("gate_up_proj", "down_proj") if fused else ("gate_proj", "up_proj", "down_proj"):
+            name = f"{prefix}{proj}.weight"
             if name not in self._files:
-                raise ConfigError(f"compact FFN: {name} is not in the checkpoint {self.model_dir}")
+                raise ConfigError(f"compact FFN: {name} is not in the checkpoint {self.model_dir} (expected "
+                                  f"{prefix}gate_proj/up_proj/down_proj or {prefix}gate_up_proj/down_proj)")
             with safe_open(self._files[name], framework="pt") as st:
                 w = st.get_tensor(name)
-            out.append(w[:, self.shard] if proj == "down_proj" else w[self.shard])
+            if proj == "gate_up_proj":
+                half = w.shape[0] // 2
+                out += [w[:half][self.shard], w[half:][self.shard]]
+            else:
+                out.append(w[:, self.shard] if proj == "down_proj" else w[self.shard])
         return tuple(out)
 
 
@@ -109,27 +116,29 @@ def _fix_cpu_lora_ops() -> None:
         setattr(cpu, name, op)
 
 
-def _decoder_mlps(model, num_layers: int) -> dict:
-    """{layer: the decoder layer's MLP module} (Llama/Mistral/Qwen layout: gate_up_proj and down_proj)."""
-    mlps = {}
-    for name, module in model.named_modules():
-        m = _MLP.search(name)
-        if m and hasattr(module, "down_proj") and hasattr(module, "gate_up_proj"):
-            mlps[int(m.group(1))] = module
-    if sorted(mlps) != list(range(num_layers)):
-        raise ConfigError(f"vLLM model {type(model).__name__}: found FFN (mlp.gate_up_proj/down_proj) in "
-                         f"layers {sorted(mlps)}, expected layers 0..{num_layers - 1}")
-    return mlps
+def _moe_without_masks(worker, error: ConfigError) -> str | None:
+    """For a mixture of experts (bricks.families), why FFN masks are off; None for a dense model (then the layout
+    error stands). Its base and LoRA requests still run; mask bricks are refused before they reach a worker."""
+    from bricks.families import FAMILIES, model_type_of
+
+    family = FAMILIES.get(model_type_of(worker.vllm_config.model_config.hf_config) or "")
+    if family is None or family.ffn != "moe":
+        return None
+    return f"{error} (a mixture of experts: FFN masks are off; expert masks run on the transformers executor)"
 
 
 def _map_tokens_to_masks(runner, model, table) -> None:
-    """Before each step, write the table's token -> mask-slot buffer from the batch that the runner prepares."""
+    """Before each step, write the table's token -> mask-slot buffer from the batch that the runner prepares
+    (with no table, where FFN masks are off, only the LoRA ops' per-pass state is reset)."""
     import numpy as np
 
     prepare = runner._prepare_inputs
 
     def prepare_inputs_and_masks(scheduler_output, num_scheduled_tokens, *args, **kwargs):
         batch = runner.input_batch
+        if table is None:
+            StepSelections.clear()
+            return prepare(scheduler_output, num_scheduled_tokens, *args, **kwargs)
         n = batch.num_reqs
         slots = []
         for req_id in batch.req_ids[:n]:
@@ -142,7 +151,8 @@ def _map_tokens_to_masks(runner, model, table) -> None:
         return prepare(scheduler_output, num_scheduled_tokens, *args, **kwargs)
 
     def after_pass(*_):  # dummy and warm-up passes (no _prepare_inputs before them) run unmasked
-        table.clear()
+        if table is not None:
+            table.clear()
         StepSelections.clear()
 
     runner._prepare_inputs = prepare_inputs_and_masks
@@ -171,22 +181,30 @@ def _install(worker, num_layers: int, intermediate_size: int, compact: bool = Tr
     if current_platform.is_cpu() and worker.vllm_config.lora_config is not None:
         _fix_cpu_lora_ops()
         StepSelections.enabled = True
-    mlps = _decoder_mlps(model, num_layers)
-    down = mlps[0].down_proj
+    try:
+        layout, mlps = find_mlps(model, num_layers)
+    except ConfigError as e:
+        worker._brickwork_masks_off = _moe_without_masks(worker, e)
+        if worker._brickwork_masks_off is None:
+            raise
+        _map_tokens_to_masks(runner, model, None)  # the LoRA ops' per-pass state is still kept
+        return
+    down = getattr(mlps[0], layout.down)
     local = getattr(down, "input_size_per_partition", intermediate_size)  # this rank's share of the neurons
     rank, tp_size = getattr(down, "tp_rank", 0), getattr(down, "tp_size", 1)
     shard = slice(rank * local, (rank + 1) * local)
-    plain = all(getattr(getattr(mlp.gate_up_proj, "base_layer", mlp.gate_up_proj), "bias", None) is None
-                and getattr(getattr(mlp.down_proj, "base_layer", mlp.down_proj), "bias", None) is None
-                and _weight(mlp.down_proj).is_floating_point() for mlp in mlps.values())
+    plain = layout.gated and _weight(down).is_floating_point() and all(  # compact: gated, without bias (else masked)
+        getattr(getattr(lin, "base_layer", lin), "bias", None) is None
+        for mlp in mlps.values() for lin in (getattr(mlp, layout.up), getattr(mlp, layout.down)))
     weight = _weight(down)
     sizes = worker.vllm_config.compilation_config.cudagraph_capture_sizes or []
     table = MaskTable(num_layers, intermediate_size, dtype=weight.dtype, device=weight.device, shard=shard,
                       compact=compact and plain, compact_cache_masks=compact_cache_masks, max_masks=max_masks,
                       max_tokens=max([runner.max_num_tokens, *sizes]), static=_is_static(worker.vllm_config))
     for layer, mlp in mlps.items():
-        mlp.down_proj.brickwork_masks, mlp.down_proj.brickwork_layer = table, layer
-        mlp.down_proj.register_forward_pre_hook(_mask_down_input)
+        down = getattr(mlp, layout.down)
+        down.brickwork_masks, down.brickwork_layer = table, layer
+        down.register_forward_pre_hook(_mask_down_input)
         if table.compact:  # eager only: compact matrices change shapes with the mask
             mlp.forward = _compact_mlp(mlp, layer, table, tp_size)
     _map_tokens_to_masks(runner, model, table)
@@ -241,7 +259,8 @@ class BrickworkWorkerExtension:
         if problems is None:  # not hooked at load
             problems = compat.probe_worker(self)
         static = _is_static(self.vllm_config)
-        if not problems and getattr(self, "_brickwork_table", None) is None:
+        off = getattr(self, "_brickwork_masks_off", None)  # a mixture of experts: installed without FFN masks
+        if not problems and off is None and getattr(self, "_brickwork_table", None) is None:
             if static:
                 problems = ["the model was compiled or graph-captured before brickwork's patches were installed "
                             "(Worker.model_runner.load_model was not wrapped), so they would run frozen"]
@@ -250,14 +269,16 @@ class BrickworkWorkerExtension:
         table = getattr(self, "_brickwork_table", None)
         return {"layers": num_layers if table is not None else 0, "static": static, "problems": problems,
                 "at_load": bool(getattr(self, "_brickwork_at_load", False)),
-                "compact": bool(table is not None and table.compact)}
+                "compact": bool(table is not None and table.compact), "masks_off": off}
 
     def brickwork_add_mask(self, key: str, packed: bytes, num_layers: int, intermediate_size: int) -> int:
         """Register the mask `key` (bits of a bool [L, I] matrix of the neurons that run); returns its slot. Its
         compact matrices, if any, are built now."""
         from orchestrator.executors.vllm.masks import unpack_mask
 
-        table = self._brickwork_table
+        table = getattr(self, "_brickwork_table", None)
+        if table is None:
+            raise ConfigError(getattr(self, "_brickwork_masks_off", None) or "brickwork's FFN masks are not installed")
         return table.add(key, unpack_mask(packed, num_layers, intermediate_size),
                          load=self._brickwork_weights if table.compact else None)
 
@@ -268,9 +289,12 @@ class BrickworkWorkerExtension:
     def brickwork_masks(self) -> dict[str, object]:
         """The registered mask keys and their slots, how many forward passes ran each way, the slots that hold
         compact matrices, and how brickwork's CPU LoRA ops ran (per run or stacked; None where vLLM's own run)."""
-        table = self._brickwork_table
+        table = getattr(self, "_brickwork_table", None)
+        ways = dict(StepSelections.ways) if StepSelections.enabled else None
+        if table is None:  # FFN masks off (a mixture of experts)
+            return {"slots": {}, "passes": {}, "compact_slots": [], "lora_ways": ways, "static": None}
         return {"slots": dict(table.slots), "passes": dict(table.passes), "compact_slots": table.compact_slots(),
-                "lora_ways": dict(StepSelections.ways) if StepSelections.enabled else None, "static": table.static}
+                "lora_ways": ways, "static": table.static}
 
     def brickwork_compile_stats(self) -> dict[str, object]:
         """How often this worker's model was compiled: vLLM's compilation counter and torch._dynamo's counters."""

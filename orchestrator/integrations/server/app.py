@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import time
 import uuid
@@ -46,6 +47,7 @@ from orchestrator.integrations.server.schemas import (
     ModelCard,
     ModelList,
 )
+from orchestrator.integrations.server.streaming import TokenStream
 from orchestrator.integrations.server.tasks import (
     BRICK_PREFIX,
     PLANNER_MODEL,
@@ -250,34 +252,43 @@ def create_app(config: ServerConfig | None = None, orchestrator=None) -> FastAPI
         decoding = decoding_for(req, orc().planner.decoding, config)
         stops = stops_of(req)
         task = ("", "") if req.plan is not None else chat_task(req.messages, req.input)
-        outcome = (await state.run(request, [make_job(orc(), req, task, config, decoding)]))[0]
-        if outcome.result.error is not None:
-            raise step_error(outcome.result)
-        state.record([outcome])
-        text, reason = finish(outcome, stops)
-        rid, created, info, usage = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), info_of(outcome.result), \
-            usage_of([outcome])
-        if not req.stream:
-            return _json(ChatCompletion.model_validate({
-                "id": rid, "created": created, "model": req.model, "usage": usage, "brickwork": info,
-                "choices": [{"index": 0, "message": {"content": text}, "finish_reason": reason}]}))
-        with_usage = bool(req.stream_options and req.stream_options.include_usage)
+        job = make_job(orc(), req, task, config, decoding)
+        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if req.stream:
+            stream = TokenStream(state.batcher, [job], stops)
+            await stream.start()  # an error before the first token is an ordinary error response
+            with_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-        def events():
-            def chunk(delta: dict, finish_reason=None, **extra) -> str:
+            def chunk(delta: dict | None, finish_reason=None, **extra) -> str:
                 choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
                 return _sse(ChatCompletionChunk.model_validate({"id": rid, "created": created, "model": req.model,
                                                                 "choices": choices, **extra}))
 
-            yield chunk({"role": "assistant", "content": ""})
-            if text:
-                yield chunk({"content": text})
-            yield chunk({}, reason, brickwork=info)
-            if with_usage:
-                yield chunk(None, usage=usage)  # type: ignore[arg-type]
-            yield "data: [DONE]\n\n"
+            async def events() -> AsyncIterator[str]:
+                yield chunk({"role": "assistant", "content": ""})
+                try:
+                    async for _, text in stream:
+                        yield chunk({"content": text})
+                except APIError as e:  # after the first token: an error event, as OpenAI streams them
+                    yield f"data: {json.dumps(e.body())}\n\n"
+                    return
+                outcome = stream.outcomes[0]
+                state.record([outcome])
+                yield chunk({}, finish(outcome, stops)[1], brickwork=info_of(outcome.result))
+                if with_usage:
+                    yield chunk(None, usage=usage_of([outcome]))
+                yield "data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        outcome = (await state.run(request, [job]))[0]
+        if outcome.result.error is not None:
+            raise step_error(outcome.result)
+        state.record([outcome])
+        text, reason = finish(outcome, stops)
+        return _json(ChatCompletion.model_validate({
+            "id": rid, "created": created, "model": req.model, "usage": usage_of([outcome]),
+            "brickwork": info_of(outcome.result),
+            "choices": [{"index": 0, "message": {"content": text}, "finish_reason": reason}]}))
 
     @app.post("/v1/completions", dependencies=[api_key], response_model=None)
     async def completions(req: CompletionRequest, request: Request) -> Response:
@@ -292,34 +303,43 @@ def create_app(config: ServerConfig | None = None, orchestrator=None) -> FastAPI
         if req.plan is not None and len(prompts) != 1:
             raise APIError(400, "a plan runs with one prompt", param="plan")
         tasks = [("", "") if req.plan is not None else prompt_task(p, req.input) for p in prompts]
-        outcomes = await state.run(request, [make_job(orc(), req, t, config, decoding) for t in tasks])
+        jobs = [make_job(orc(), req, t, config, decoding) for t in tasks]
+        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        if req.stream:
+            stream = TokenStream(state.batcher, jobs, stops)
+            await stream.start()
+            with_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+            def chunk(choices: list[dict], **extra) -> str:
+                return _sse(Completion.model_validate({"id": rid, "created": created, "model": req.model,
+                                                       "choices": choices, **extra}))
+
+            async def events() -> AsyncIterator[str]:
+                try:
+                    async for i, text in stream:
+                        yield chunk([{"index": i, "text": text, "finish_reason": None}])
+                except APIError as e:
+                    yield f"data: {json.dumps(e.body())}\n\n"
+                    return
+                outcomes = stream.outcomes
+                state.record(outcomes)
+                yield chunk([{"index": i, "text": "", "finish_reason": finish(o, stops)[1]}
+                             for i, o in enumerate(outcomes)], brickwork=[info_of(o.result) for o in outcomes])
+                if with_usage:
+                    yield chunk([], usage=usage_of(outcomes))
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        outcomes = await state.run(request, jobs)
         failed = next((o for o in outcomes if o.result.error is not None), None)
         if failed is not None:
             raise step_error(failed.result)
         state.record(outcomes)
         finished = [finish(o, stops) for o in outcomes]
-        rid, created, usage = f"cmpl-{uuid.uuid4().hex}", int(time.time()), usage_of(outcomes)
-        infos = [info_of(o.result) for o in outcomes]
-        if not req.stream:
-            return _json(Completion.model_validate({
-                "id": rid, "created": created, "model": req.model, "usage": usage, "brickwork": infos,
-                "choices": [{"index": i, "text": t, "finish_reason": r} for i, (t, r) in enumerate(finished)]}))
-        with_usage = bool(req.stream_options and req.stream_options.include_usage)
-
-        def events():
-            def chunk(choices: list[dict], **extra) -> str:
-                return _sse(Completion.model_validate({"id": rid, "created": created, "model": req.model,
-                                                       "choices": choices, **extra}))
-
-            for i, (text, _) in enumerate(finished):
-                yield chunk([{"index": i, "text": text, "finish_reason": None}])
-            yield chunk([{"index": i, "text": "", "finish_reason": r} for i, (_, r) in enumerate(finished)],
-                        brickwork=infos)
-            if with_usage:
-                yield chunk([], usage=usage)
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return _json(Completion.model_validate({
+            "id": rid, "created": created, "model": req.model, "usage": usage_of(outcomes),
+            "brickwork": [info_of(o.result) for o in outcomes],
+            "choices": [{"index": i, "text": t, "finish_reason": r} for i, (t, r) in enumerate(finished)]}))
 
     app.include_router(admin_router(config, lambda: state.runner))
     return app

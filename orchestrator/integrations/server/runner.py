@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from orchestrator.integrations.server.config import APIError
 from orchestrator.plan import BrickConfig, BrickRef, Decoding, Plan, PlanError, Step
@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 class Job:
     """One request's task: plan (`instruction`, `input`), run a given `plan`, or run `bricks` as one step.
 
-    `bricks` are (id, version or None for the active one); `decoding` replaces every step's decoding.
+    `bricks` are (id, version or None for the active one); `decoding` replaces every step's decoding. `sink`,
+    when given, gets the final step's new text as it is written (called from the batch's thread).
     """
 
     instruction: str = ""
@@ -35,6 +36,7 @@ class Job:
     bricks: tuple[tuple[str, int | None], ...] | None = None
     decoding: Decoding | None = None
     seed: int | None = None
+    sink: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -144,8 +146,27 @@ class Runner:
         return out
 
     # -- running ----------------------------------------------------------------------------------------
-    def _run(self, plans: list[Plan]) -> list[Result | Exception]:
+    @staticmethod
+    def _on_delta(plans: Sequence[Plan], sinks: Sequence[Callable[[str], None] | None]):
+        """run_plans' delta callback: each plan's final step goes to its job's sink; None when no job streams."""
+        if not any(sinks):
+            return None
+
+        def on_delta(pi: int, si: int, text: str) -> None:
+            sink = sinks[pi]
+            if sink is not None and si == len(plans[pi].steps) - 1:
+                try:
+                    sink(text)
+                except Exception:  # noqa: BLE001 (a listener that went away must not fail the batch)
+                    log.debug("a stream's sink failed", exc_info=True)
+
+        return on_delta
+
+    def _run(self, plans: list[Plan], sinks: Sequence[Callable[[str], None] | None] = ()) -> list[Result | Exception]:
+        on_delta = self._on_delta(plans, sinks)
         try:
+            if on_delta is not None:
+                return list(self.orc.run_plans(plans, on_delta=on_delta))
             return list(self.orc.run_plans(plans))
         except Exception:  # noqa: BLE001 (run each alone so that each gets its own error)
             if len(plans) == 1:
@@ -159,12 +180,15 @@ class Runner:
                 out.append(e)
         return out
 
-    def _run_seeded(self, plan: Plan, seed: int) -> Result | Exception:
+    def _run_seeded(self, plan: Plan, seed: int, sink=None) -> Result | Exception:
         import torch
 
+        on_delta = self._on_delta([plan], [sink])
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
+                if on_delta is not None:
+                    return self.orc.run_plans([plan], on_delta=on_delta)[0]
                 return self.orc.run_plans([plan])[0]
         except Exception as e:  # noqa: BLE001
             return e
@@ -181,11 +205,12 @@ class Runner:
             plans = self._plans(jobs)
             results: list[Result | Exception | None] = [p if isinstance(p, Exception) else None for p in plans]
             shared = [i for i, p in enumerate(plans) if isinstance(p, Plan) and not self._seeded(jobs[i], p)]
-            for i, result in zip(shared, self._run([plans[i] for i in shared]) if shared else []):  # type: ignore[misc]
+            ran = self._run([plans[i] for i in shared], [jobs[i].sink for i in shared]) if shared else []  # type: ignore[misc]
+            for i, result in zip(shared, ran):
                 results[i] = result
             for i, plan in enumerate(plans):
                 if results[i] is None and isinstance(plan, Plan):
-                    results[i] = self._run_seeded(plan, jobs[i].seed)  # type: ignore[arg-type]
+                    results[i] = self._run_seeded(plan, jobs[i].seed, jobs[i].sink)  # type: ignore[arg-type]
             return self._outcomes(results)  # type: ignore[arg-type]
 
     @staticmethod

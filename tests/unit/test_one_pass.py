@@ -1,0 +1,121 @@
+"""One-pass mixed batches: stacked multi-LoRA (bricks.lora.multi) and per-row neuron masks (bricks.emergent.row_masks)
+give each row what running it alone with its adapter or mask gives."""
+
+import pytest
+import torch
+
+from bricks.emergent.masking import apply_masks
+from bricks.emergent.row_masks import row_masks
+from bricks.errors import BrickworkError, ConfigError
+from bricks.lora.multi import MultiLora, UnsupportedMixedLoraError, mixed_lora_pass
+
+
+def _tiny():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _peft(model, specs):
+    """A PeftModel with one adapter per (name, rank, targets), random non-zero A and B."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    peft = None
+    for name, r, targets in specs:
+        cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False)
+        if peft is None:
+            peft = get_peft_model(model, cfg, adapter_name=name)
+        else:
+            assert isinstance(peft, PeftModel)
+            peft.add_adapter(name, cfg)
+    return peft.eval()
+
+
+SPECS = [("a", 4, ("q_proj", "v_proj", "down_proj")), ("b", 8, ("q_proj", "o_proj", "gate_proj", "up_proj"))]
+IDS = torch.tensor([[1, 5, 9, 3, 7], [2, 4, 6, 8, 10], [11, 3, 5, 2, 1], [9, 9, 4, 4, 1]])  # [4, 5]
+
+
+def _alone(peft, name, row):
+    with torch.no_grad():
+        if name is None:
+            with peft.disable_adapter():
+                return peft(input_ids=IDS[row : row + 1]).logits[0]
+        peft.set_adapter(name)
+        return peft(input_ids=IDS[row : row + 1]).logits[0]
+
+
+@pytest.mark.parametrize("mode", ["stacked", "gather"])
+def test_each_row_gets_its_own_adapter(mode):
+    peft = _peft(_tiny(), SPECS)
+    rows = ["a", None, "b", "a"]
+    with torch.no_grad(), peft.disable_adapter(), mixed_lora_pass(peft, rows, mode):
+        mixed = peft(input_ids=IDS).logits  # [4, 5, V]
+    for i, name in enumerate(rows):
+        torch.testing.assert_close(mixed[i], _alone(peft, name, i), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(_alone(peft, "a", 0), _alone(peft, None, 0))  # the adapters do change the outputs
+
+
+def test_stack_pads_ranks_and_the_forward_is_restored():
+    peft = _peft(_tiny(), SPECS)
+    multi = MultiLora.from_peft(peft, ["a", "b"])
+    q = peft.base_model.model.model.layers[0].self_attn.q_proj
+    stack = dict((id(layer), s) for layer, s in multi.layers)[id(q)]
+    assert tuple(stack.a.shape) == (3, 8, 32) and tuple(stack.b.shape) == (3, 32, 8)  # slots 0 (base), a, b; r 8
+    assert stack.a[0].abs().sum() == 0 and stack.a[1, 4:].abs().sum() == 0  # the zero slot and a's padding
+    assert multi.nbytes > 0 and multi.slots([None, "b", "a"]) == [0, 2, 1]
+    with multi.pass_for(["a"]):
+        assert "forward" in q.__dict__
+    assert "forward" not in q.__dict__
+
+
+def test_unsupported_adapters_are_listed_in_one_error():
+    from peft import LoraConfig
+
+    peft = _peft(_tiny(), SPECS)
+    peft.add_adapter("d", LoraConfig(r=4, target_modules=["q_proj"], use_dora=True))
+    with pytest.raises(UnsupportedMixedLoraError) as e:
+        MultiLora.from_peft(peft, ["a", "d", "nosuch"])
+    msg = str(e.value)
+    assert isinstance(e.value, BrickworkError) and "\n" not in msg
+    assert "adapter d uses a LoRA variant" in msg and "adapter nosuch is not loaded" in msg
+    with pytest.raises(UnsupportedMixedLoraError, match="adapter zz is not in this stack"):
+        MultiLora.from_peft(peft, ["a"]).slots(["zz"])
+    with pytest.raises(UnsupportedMixedLoraError, match="unknown one-pass LoRA mode 'fast'"):
+        MultiLora.from_peft(peft, ["a"], mode="fast")
+
+
+@pytest.mark.parametrize("mode", ["stacked", "gather"])
+def test_a_batch_of_another_size_is_refused(mode):
+    peft = _peft(_tiny(), SPECS)
+    with torch.no_grad(), mixed_lora_pass(peft, ["a", "b"], mode), pytest.raises(UnsupportedMixedLoraError,
+                                                                                 match="4 rows"):
+        peft(input_ids=IDS)
+
+
+def test_row_masks_equal_each_mask_alone():
+    model = _tiny()
+    g = torch.Generator().manual_seed(1)
+    m1 = {0: torch.rand(48, generator=g) < 0.3, 1: torch.rand(48, generator=g) < 0.5}
+    m2 = {1: torch.rand(48, generator=g) < 0.2}
+    rows, modes = [m1, None, m2, m1], ["keep", "keep", "ablate", "ablate"]
+    with torch.no_grad():
+        with row_masks(model, rows, modes):
+            mixed = model(input_ids=IDS).logits
+        for i, (m, mode) in enumerate(zip(rows, modes)):
+            if m is None:
+                alone = model(input_ids=IDS[i : i + 1]).logits[0]
+            else:
+                with apply_masks(model, m, mode):
+                    alone = model(input_ids=IDS[i : i + 1]).logits[0]
+            torch.testing.assert_close(mixed[i], alone, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(mixed[0], model(input_ids=IDS[:1]).logits[0])  # the mask does change row 0
+
+
+def test_row_masks_refuse_a_mask_that_does_not_fit():
+    model = _tiny()
+    with pytest.raises(ConfigError, match="row 1: mask for layer 5"):
+        with row_masks(model, [None, {5: torch.ones(48, dtype=torch.bool)}], ["keep", "keep"]):
+            pass
