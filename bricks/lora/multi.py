@@ -160,42 +160,57 @@ class MultiLora:
                     layer.forward = original
 
 
+def _live_rows(slots):
+    """The rows that have an adapter [K], or None when all of them do (no row needs to be left out)."""
+    live = (slots > 0).nonzero().flatten()
+    return None if live.numel() == slots.numel() else live
+
+
 def _stacked_forward(layer, stack: _Stack, slots):
     import torch
 
     s, r, fan_in = stack.a.shape
     a_all = stack.a.reshape(s * r, fan_in).t()  # [in, S*r]
     b_all = stack.b.permute(0, 2, 1).reshape(s * r, -1)  # [S*r, out]
-    onehot = torch.zeros(slots.shape[0], s, r, dtype=a_all.dtype, device=a_all.device)
-    onehot[torch.arange(slots.shape[0], device=slots.device), slots] = 1
-    onehot = onehot.reshape(slots.shape[0], 1, s * r)  # [N, 1, S*r]: each row's own slot
-    n = slots.shape[0]
+    n, live = slots.shape[0], _live_rows(slots)
+    kept = slots if live is None else slots[live]  # [K]: the rows that compute an adapter's part
+    onehot = torch.zeros(kept.shape[0], s, r, dtype=a_all.dtype, device=a_all.device)
+    onehot[torch.arange(kept.shape[0], device=kept.device), kept] = 1
+    onehot = onehot.reshape(kept.shape[0], 1, s * r)  # [K, 1, S*r]: each row's own slot
 
-    def forward(x, *args, **kwargs):
-        result = layer.base_layer(x, *args, **kwargs)  # [N, T, out]
-        if x.shape[0] != n:
-            raise UnsupportedMixedLoraError(f"a batch of {x.shape[0]} rows, but adapters were given for {n}")
-        h = x.reshape(n, -1, x.shape[-1]).to(a_all.dtype) @ a_all  # [N, T, S*r]
-        delta = (h * onehot) @ b_all  # [N, T, out]
-        return result + delta.reshape(result.shape).to(result.dtype)
+    def delta(h):  # [K, T, in] -> [K, T, out]
+        return ((h.to(a_all.dtype) @ a_all) * onehot) @ b_all
 
-    return forward
+    return _forward(layer, n, live, delta)
 
 
 def _gather_forward(layer, stack: _Stack, slots):
     import torch
 
-    a_rows, b_rows = stack.a[slots], stack.b[slots]  # [N, r, in], [N, out, r]: gathered once per batch
-    a_t, b_t = a_rows.transpose(1, 2), b_rows.transpose(1, 2)  # [N, in, r], [N, r, out]
-    n = slots.shape[0]
+    n, live = slots.shape[0], _live_rows(slots)
+    kept = slots if live is None else slots[live]
+    a_t, b_t = stack.a[kept].transpose(1, 2), stack.b[kept].transpose(1, 2)  # [K, in, r], [K, r, out]: once a batch
+
+    def delta(h):  # [K, T, in] -> [K, T, out]
+        return torch.bmm(torch.bmm(h.to(a_t.dtype), a_t), b_t)
+
+    return _forward(layer, n, live, delta)
+
+
+def _forward(layer, n: int, live, delta):
+    """base(x) plus `delta` of the rows that have an adapter (all rows when `live` is None)."""
 
     def forward(x, *args, **kwargs):
         result = layer.base_layer(x, *args, **kwargs)  # [N, T, out]
         if x.shape[0] != n:
             raise UnsupportedMixedLoraError(f"a batch of {x.shape[0]} rows, but adapters were given for {n}")
-        h = x.reshape(n, -1, x.shape[-1]).to(a_t.dtype)  # [N, T, in]
-        delta = torch.bmm(torch.bmm(h, a_t), b_t)  # [N, T, r] -> [N, T, out]
-        return result + delta.reshape(result.shape).to(result.dtype)
+        h = x.reshape(n, -1, x.shape[-1])  # [N, T, in]
+        if live is None:
+            return result + delta(h).reshape(result.shape).to(result.dtype)
+        if live.numel() == 0:
+            return result
+        out = result.reshape(n, -1, result.shape[-1])
+        return out.index_add(0, live, delta(h[live]).to(result.dtype)).reshape(result.shape)
 
     return forward
 
