@@ -1,6 +1,7 @@
 """Batch-job benchmark: `brickwork batch` throughput against a plain Python loop calling `orc.run` one row at a time.
 
     python tests/benchmarks/bench_batch.py [--rows 10000] [--loop-rows 300] [--chunk-size 1024] [--executor vllm]
+                                           [--grouped]
 
 Builds N toy world rows (single and compound tasks of every split, in a fixed shuffled order, ids made
 unique), runs them as a batch job (`orchestrator.integrations.batch.run_local`, the engine of `brickwork batch`) into a
@@ -36,13 +37,17 @@ def main() -> None:
     ap.add_argument("--loop-rows", type=int, default=300, help="rows timed in the orc.run loop (0: all)")
     ap.add_argument("--chunk-size", type=int, default=1024)
     ap.add_argument("--executor", default="transformers", help="transformers | vllm (the same for batch and loop)")
+    ap.add_argument("--grouped", action="store_true",
+                    help="transformers: one generate per brick configuration (mixed_batches=False), as before one-pass "
+                         "mixed batches; run with and without it to compare the two")
     args = ap.parse_args()
 
     from orchestrator.api import Orchestrator
     from orchestrator.integrations.batch import BatchJob, run_local
 
     rows = _rows(args.rows)
-    with tempfile.TemporaryDirectory() as tmp, Orchestrator.from_pretrained(executor=args.executor) as orc:
+    with tempfile.TemporaryDirectory() as tmp, Orchestrator.from_pretrained(
+            executor=args.executor, **({"mixed_batches": False} if args.grouped else {})) as orc:
         inp, out = Path(tmp) / "in.jsonl", Path(tmp) / "out.jsonl"
         inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         orc.run("Reverse the text.", "warm")  # first-call costs out of both timings
