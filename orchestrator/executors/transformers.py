@@ -60,8 +60,8 @@ def _merged_name(lora_key: str) -> str:
 
 class TransformersExecutor:
     """Runs requests on a transformers model: the requests of a call that share a decoding run as one batch (one
-    pass over stacked adapters and per-row masks when they use several brick configurations; `mixed_batches=False`
-    runs one batch per configuration). A mask-only configuration alone runs as compact FFN matrices (built once per
+    pass over stacked adapters and per-row masks when they use several brick configurations of fewer than
+    `mixed_group_rows` requests each on average; `mixed_batches=False` runs one batch per configuration). A mask-only configuration alone runs as compact FFN matrices (built once per
     mask, kept in a cache of at most `compact_cache_bytes`); `fast_decode` (bricks.fast_decode.FastDecode) adds a
     static KV cache and a compiled decode step, on a GPU by default.
 
@@ -78,7 +78,8 @@ class TransformersExecutor:
     def __init__(self, model_dir: Path, library, *, dtype: str = "auto", batch_size: int = 256,
                  trust_remote_code: bool = False, merge_seed: int = 0, compact: bool = True,
                  merge_cache_size: int = 16, merge_cache_bytes: int | None = None, device: str | None = "auto",
-                 device_map: str | dict | None = None, mixed_batches: bool = True, fast_decode=None,
+                 device_map: str | dict | None = None, mixed_batches: bool = True, mixed_group_rows: int = 32,
+                 fast_decode=None,
                  compact_cache_bytes: int = 4 * 2**30) -> None:
         from bricks.device import resolve_device
         from bricks.emergent.compact_cache import CompactCache
@@ -100,6 +101,7 @@ class TransformersExecutor:
         self.merge_stats: MergeStats = self._merges.stats
         self._lock = threading.Lock()
         self.mixed_batches = mixed_batches  # several configurations with the same decoding: one pass, not a loop
+        self.mixed_group_rows = mixed_group_rows  # ... when they average fewer requests than this each
         self._stacked = None  # bricks.lora.multi.MultiLora over the loaded adapters
         self.one_pass_stats = {"batches": 0, "configs": 0, "fallbacks": 0}
         self.fast_decode = fast_decode or FastDecode()  # static KV cache + compiled decode: on a GPU by default
@@ -246,8 +248,7 @@ class TransformersExecutor:
                 kwargs = dict(max_new_tokens=decoding.max_new_tokens, batch_size=self.batch_size,
                               do_sample=decoding.temperature > 0, temperature=decoding.temperature or 1.0,
                               top_p=decoding.top_p)
-                if len(groups) > 1 and self.mixed_batches and all(_one_pass_kinds(requests[g[0]].config)
-                                                                  for g in groups):
+                if self._one_pass(requests, groups):
                     idx = [i for g in groups for i in g]
                     try:
                         texts = self._generate_one_pass([requests[i] for i in idx], kwargs,
@@ -270,6 +271,14 @@ class TransformersExecutor:
                     for i, text in zip(idx, texts):
                         out[i] = text
         return out
+
+    def _one_pass(self, requests: Sequence[GenerationRequest], groups: list[list[int]]) -> bool:
+        """Whether `groups` (request indices by configuration) run as one pass: several configurations of fewer
+        than `mixed_group_rows` requests each on average (large groups run faster alone: compact masks, one
+        adapter), all of kinds the one-pass path runs."""
+        rows = sum(len(g) for g in groups)
+        return (self.mixed_batches and len(groups) > 1 and rows < self.mixed_group_rows * len(groups)
+                and all(_one_pass_kinds(requests[g[0]].config) for g in groups))
 
     def _streamer(self, idx: list[int], on_delta: DeltaCallback | None):
         """`generate_texts`' streamer factory for requests `idx` (a batch's rows are positions in `idx`)."""

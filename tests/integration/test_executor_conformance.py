@@ -109,3 +109,10 @@ def test_adapters_that_cannot_be_stacked_run_grouped(transformers_executor, expe
     assert transformers_executor.generate(CASES["lora"]) == expected["lora"]
     assert transformers_executor.one_pass_stats["fallbacks"] == before["fallbacks"] + 1  # tried, then ran grouped
     assert transformers_executor.one_pass_stats["batches"] == before["batches"]
+
+
+def test_large_groups_run_grouped(transformers_executor, expected, monkeypatch):
+    monkeypatch.setattr(transformers_executor, "mixed_group_rows", 2)  # the "lora" case averages 2.5 per configuration
+    before = dict(transformers_executor.one_pass_stats)
+    assert transformers_executor.generate(CASES["lora"]) == expected["lora"]
+    assert transformers_executor.one_pass_stats == before
