@@ -192,6 +192,7 @@ def main() -> None:
     try:
         rss_start = _rss_mib(proc.pid)
         asyncio.run(level(url, 4, 40, 60))  # warm-up: adapters loaded, merges cached
+        rss_warm = _rss_mib(proc.pid)
         tasks = TASKS if args.tasks == "mixed" else TASKS[:1]
         runs = [[asyncio.run(level(url, c, max(args.requests, c), args.time_limit, tasks)) for c in args.clients]
                 for _ in range(max(1, args.repeat))]
@@ -213,8 +214,8 @@ def main() -> None:
         if errs:
             log.info("        errors at %d clients: %s", r["clients"], r["errors"])
     samples = [s for s in sampler.samples if s == s]
-    log.info("server RSS: start %.0f MiB, end %.0f MiB, peak %.0f MiB (%d samples)", rss_start, rss_end,
-             max(samples) if samples else float("nan"), len(samples))
+    log.info("server RSS: start %.0f MiB, after the warm-up %.0f MiB, end %.0f MiB, peak %.0f MiB (%d samples)",
+             rss_start, rss_warm, rss_end, max(samples) if samples else float("nan"), len(samples))
     if streamed:
         log.info("streaming, one client, %d requests: first token p50 %.1f ms, whole answer p50 %.1f ms (%.2f); "
                  "%.1f content chunks per answer; first token before 90%% of the answer's time in %d/%d; wrong %d",

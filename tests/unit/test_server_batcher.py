@@ -281,3 +281,36 @@ def test_importing_the_server_without_its_extra_names_the_extra():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
     assert "MISSING" in out and "brickwork[serve]" in out
     assert "LIGHT True" in out
+
+
+def test_a_lone_caller_does_not_wait_but_returning_callers_are_waited_for():
+    calls = []
+
+    def process(jobs):
+        calls.append(list(jobs))
+        return jobs
+
+    async def main():
+        b = MicroBatcher(process, max_batch=8, wait_ms=2000, max_queue=8)
+        await b.start()
+        loop = asyncio.get_running_loop()
+        try:
+            t0 = loop.time()
+            for i in range(3):  # one caller, one job after another: each runs at once, not after wait_ms
+                await b.submit(f"lone{i}")
+            lone_s = loop.time() - t0
+            await asyncio.gather(b.submit("a"), b.submit("b"))  # two callers: a batch of 2 ...
+
+            async def later(job, delay):
+                await asyncio.sleep(delay)
+                return await b.submit(job)
+
+            t0 = loop.time()
+            await asyncio.gather(later("c", 0.0), later("d", 0.2))  # ... so the next batch waits for the second caller
+            return lone_s, loop.time() - t0
+        finally:
+            await b.stop()
+
+    lone_s, pair_s = run(main())
+    assert lone_s < 1.0 and [len(c) for c in calls[:3]] == [1, 1, 1]
+    assert calls[-1] == ["c", "d"] and pair_s < 1.5

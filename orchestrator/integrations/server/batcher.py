@@ -6,8 +6,10 @@
 
 `process(jobs)` gets a list of jobs and returns one result per job, in order; an entry that is an exception
 fails only its own job. One batch runs at a time (the executor is one model); while it runs, new jobs queue
-and form the next batch. A batch is the first waiting job plus whatever else arrives within `wait_ms`, up to
-`max_batch`. A job whose caller went away (its future cancelled) before its batch formed is never run; one
+and form the next batch. A batch is the first waiting job plus whatever else is waiting, and then what arrives
+within `wait_ms`, up to `max_batch`, while the batch is smaller than the clients seen: the jobs of the last batch
+(their callers may be about to send their next ones) plus those that were already waiting when it ended. A lone
+caller's job therefore runs at once, and under load the waves of callers merge into full batches. A job whose caller went away (its future cancelled) before its batch formed is never run; one
 cancelled while its batch runs has its result dropped.
 """
 
@@ -70,6 +72,7 @@ class MicroBatcher(Generic[J]):
         self._items: deque[_Item[J]] = deque()
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._expected = 1  # callers seen around the last batch: its jobs plus those waiting when it ended
 
     # -- life cycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -137,6 +140,8 @@ class MicroBatcher(Generic[J]):
             if self._items:
                 batch.append(self._items.popleft())
                 continue
+            if len(batch) >= self._expected:
+                break
             left = deadline - time.perf_counter()
             if left <= 0:
                 break
@@ -167,6 +172,7 @@ class MicroBatcher(Generic[J]):
                 log.exception("a batch of %d jobs failed", len(live))
                 results = [e] * len(live)
             busy = time.perf_counter() - t0
+            self._expected = len(live) + len(self._items)
             self.stats.batches += 1
             self.stats.jobs += len(live)
             self.stats.largest = max(self.stats.largest, len(live))
