@@ -132,13 +132,24 @@ def partition_candidates(profile, k: int, prefix: str = "emergent-") -> list[Can
 
 
 def gate_candidates(model, tokenizer, candidates: Sequence[Candidate], heldout: Sequence, *,
-                    limit_per_skill: int | None = None, max_new_tokens: int = 24) -> list[Candidate]:
+                    limit_per_skill: int | None = None, max_new_tokens: int = 24, outputs=None, density=None,
+                    label: str = "emergent brick") -> list[Candidate]:
     """Each candidate with its retention measured keep-only on the held-out single-skill rows of its gate
-    skill, and the figures (plus `density`) in its metrics; a gate skill without held-out rows is an error."""
-    from bricks.emergent.layout import ffn_layout
-    from bricks.emergent.masking import mask_density
+    skill, and the figures (plus `density`) in its metrics; a gate skill without held-out rows is an error.
 
-    layout = ffn_layout(model)
+    `outputs(model, tokenizer, rows, masks, max_new_tokens=...)` answers the rows under a mask (default:
+    `masked_outputs`, compact FFN) and `density(masks)` is the share of the model the mask keeps (default: of
+    the FFN neurons); MoE expert bricks pass theirs."""
+    if density is None:
+        from bricks.emergent.layout import ffn_layout
+        from bricks.emergent.masking import mask_density
+
+        layout = ffn_layout(model)
+
+        def density(masks):
+            return mask_density(masks, layout.num_layers, layout.intermediate_size)
+
+    outputs = outputs or masked_outputs
     by_skill: dict[str, list[dict]] = {}
     for r in heldout:
         if len(r.skills) == 1:
@@ -148,10 +159,9 @@ def gate_candidates(model, tokenizer, candidates: Sequence[Candidate], heldout: 
     base: dict[str, list[str]] = {}
     out = []
     for cand in candidates:
-        metrics = {**cand.metrics, "density": round(mask_density(cand.masks, layout.num_layers,
-                                                                 layout.intermediate_size), 4)}
+        metrics = {**cand.metrics, "density": round(density(cand.masks), 4)}
         if cand.gate_skill is None:
-            log.warning("emergent brick %s has no skill to measure its retention on", cand.brick_id)
+            log.warning("%s %s has no skill to measure its retention on", label, cand.brick_id)
             out.append(replace(cand, metrics=metrics))
             continue
         rows = by_skill.get(cand.gate_skill)
@@ -159,10 +169,10 @@ def gate_candidates(model, tokenizer, candidates: Sequence[Candidate], heldout: 
             raise ConfigError(f"no held-out rows of skill {cand.gate_skill!r} to measure brick {cand.brick_id!r} on; "
                               f"held-out skills: {', '.join(sorted(by_skill)) or 'none'}")
         if cand.gate_skill not in base:
-            base[cand.gate_skill] = masked_outputs(model, tokenizer, rows, max_new_tokens=max_new_tokens)
+            base[cand.gate_skill] = outputs(model, tokenizer, rows, None, max_new_tokens=max_new_tokens)
         kept = measure_retention(rows, base[cand.gate_skill],
-                                 masked_outputs(model, tokenizer, rows, cand.masks, max_new_tokens=max_new_tokens))
-        log.info("emergent brick %s keeps %.4f of the base's right answers on %d held-out %s rows", cand.brick_id,
+                                 outputs(model, tokenizer, rows, cand.masks, max_new_tokens=max_new_tokens))
+        log.info("%s %s keeps %.4f of the base's right answers on %d held-out %s rows", label, cand.brick_id,
                  kept.retention, kept.rows, cand.gate_skill)
         out.append(replace(cand, metrics={**metrics, **kept.metrics()}, retention=kept))
     return out

@@ -58,15 +58,17 @@ class Retention:
 
 
 def masked_outputs(model, tokenizer, rows: Sequence[Mapping], masks: Mapping[int, object] | None = None, *,
-                   mode: str = "keep", max_new_tokens: int = 24, batch_size: int = 256) -> list[str]:
+                   mode: str = "keep", max_new_tokens: int = 24, batch_size: int = 256, apply=None) -> list[str]:
     """Greedy answers to rows (`instruction`, `input`) in the default prompt template, with only the masked
-    neurons (compact FFN; `masks=None`: the whole model)."""
+    neurons (`masks=None`: the whole model). `apply(model, masks, mode)` is the context that runs the mask
+    (default: compact FFN; MoE expert bricks pass their router masking)."""
     from bricks.emergent.masking import compact_ffn
     from bricks.generation import generate_texts
     from bricks.prompt import DEFAULT_TEMPLATE
 
+    apply = apply or compact_ffn
     prompts = [DEFAULT_TEMPLATE.render(r["instruction"], r.get("input", "") or "") for r in rows]
-    with compact_ffn(model, masks, mode) if masks is not None else contextlib.nullcontext():
+    with apply(model, masks, mode) if masks is not None else contextlib.nullcontext():
         return generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 

@@ -9,17 +9,15 @@ added `"routable": false` with `keep_failing`).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 from bricks.atomic import staged_folder
-from bricks.emergent.pipeline import Candidate, add_candidates
-from bricks.emergent.quality import DEFAULT_MIN_SUPPORT, measure_retention
+from bricks.emergent.pipeline import Candidate, add_candidates, gate_candidates
+from bricks.emergent.quality import DEFAULT_MIN_SUPPORT, masked_outputs
 from bricks.errors import ConfigError
 from bricks.expert_mask.brick import EXPERT_MASK_FILE, ExpertMaskBrick
 from bricks.expert_mask.profile import ExpertProfile
@@ -68,44 +66,28 @@ def expert_outputs(model, tokenizer, rows: Sequence[Mapping], masks: Mapping[int
     """Greedy answers to rows (`instruction`, `input`) in the default prompt template, routed among the masked
     experts only (`masks=None`: the whole model)."""
     from bricks.expert_mask.routing import apply_expert_masks
-    from bricks.generation import generate_texts
-    from bricks.prompt import DEFAULT_TEMPLATE
 
-    prompts = [DEFAULT_TEMPLATE.render(r["instruction"], r.get("input", "") or "") for r in rows]
-    with apply_expert_masks(model, masks, mode) if masks is not None else contextlib.nullcontext():
-        return generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return masked_outputs(model, tokenizer, rows, masks, mode=mode, max_new_tokens=max_new_tokens,
+                          batch_size=batch_size, apply=apply_expert_masks)
 
 
 def gate_expert_candidates(model, tokenizer, candidates: Sequence[Candidate], heldout: Sequence, *,
                            limit_per_skill: int | None = None, max_new_tokens: int = 24) -> list[Candidate]:
     """Each candidate with its retention measured keep-only on the held-out single-skill rows (`InstructionRow`s)
-    of its gate skill, and the figures (plus `density`) in its metrics."""
+    of its gate skill, and the figures (plus `density`) in its metrics (`bricks.emergent.pipeline`'s gate, with
+    expert routing in place of FFN neurons); a candidate without a gate skill is an error."""
     from bricks.expert_mask.layout import moe_layout
     from bricks.expert_mask.routing import expert_density
 
     dims = moe_layout(model).dims
-    by_skill: dict[str, list[dict]] = {}
-    for r in heldout:
-        if len(r.skills) == 1:
-            rows = by_skill.setdefault(r.skills[0], [])
-            if limit_per_skill is None or len(rows) < limit_per_skill:
-                rows.append(r.as_dict())
-    base: dict[str, list[str]] = {}
-    out = []
-    for cand in candidates:
-        metrics = {**cand.metrics, "density": round(expert_density(cand.masks, dims.moe_layers, dims.num_experts), 4)}
-        rows = by_skill.get(cand.gate_skill or "")
-        if not rows:
-            raise ConfigError(f"no held-out rows of skill {cand.gate_skill!r} to measure brick {cand.brick_id!r} on; "
-                              f"held-out skills: {', '.join(sorted(by_skill)) or 'none'}")
-        if cand.gate_skill not in base:
-            base[cand.gate_skill] = expert_outputs(model, tokenizer, rows, max_new_tokens=max_new_tokens)
-        kept = measure_retention(rows, base[cand.gate_skill],
-                                 expert_outputs(model, tokenizer, rows, cand.masks, max_new_tokens=max_new_tokens))
-        log.info("expert brick %s keeps %.4f of the base's right answers on %d held-out %s rows", cand.brick_id,
-                 kept.retention, kept.rows, cand.gate_skill)
-        out.append(replace(cand, metrics={**metrics, **kept.metrics()}, retention=kept))
-    return out
+    unmeasured = next((c for c in candidates if c.gate_skill is None), None)
+    if unmeasured is not None:
+        skills = sorted({r.skills[0] for r in heldout if len(r.skills) == 1})
+        raise ConfigError(f"no held-out rows of skill None to measure brick {unmeasured.brick_id!r} on; "
+                          f"held-out skills: {', '.join(skills) or 'none'}")
+    return gate_candidates(model, tokenizer, candidates, heldout, limit_per_skill=limit_per_skill,
+                           max_new_tokens=max_new_tokens, outputs=expert_outputs, label="expert brick",
+                           density=lambda masks: expert_density(masks, dims.moe_layers, dims.num_experts))
 
 
 def write_expert_brick(folder: Path, masks: Mapping[int, "object"], *, brick_id: str, description: str,
