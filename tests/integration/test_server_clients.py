@@ -1,15 +1,8 @@
 """`brickwork serve` started as a command (a subprocess on a free loopback port), called by LangChain's
 ChatOpenAI; and the command's options, key from the environment included."""
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pytest
+from serve_process import start_serve, stop_serve
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -18,42 +11,21 @@ httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
 
-ROOT = Path(__file__).resolve().parents[2]
 KEY = "env-key"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def served():
+def served(tmp_path_factory):
     """The URL of `python -m orchestrator.cli serve` on the toy world, its API key from BRICKWORK_API_KEY."""
-    port = free_port()
-    env = {**os.environ, "BRICKWORK_API_KEY": KEY, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "serve", "--port", str(port), "--log-level",
-                             "warning", "--batch-wait-ms", "10"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    with open(log, "w") as out:
         try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"brickwork serve did not start: {proc.stdout.read()}")
-        time.sleep(0.2)
+            proc, url = start_serve(["--log-level", "warning", "--batch-wait-ms", "10"], {"BRICKWORK_API_KEY": KEY},
+                                    out, timeout=90)
+        except RuntimeError as e:
+            pytest.fail(f"{e}: {log.read_text()}")
     yield url
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_serve(proc)
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,8 @@
 """`brickwork serve --executor vllm` (a subprocess, as a user starts it) answers the `openai` client: a planned
 two-step task, a brick model, text completions, and token streaming from vLLM's engine."""
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pytest
+from serve_process import start_serve, stop_serve
 
 pytestmark = pytest.mark.vllm
 pytest.importorskip("fastapi")
@@ -17,44 +10,20 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
-ROOT = Path(__file__).resolve().parents[2]
 KEY = "vllm-key"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def client(vllm_available, tmp_path_factory):
-    port = _free_port()
     log = tmp_path_factory.mktemp("serve-vllm") / "server.log"
-    env = {**os.environ, "BRICKWORK_API_KEY": KEY, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "VLLM_CPU_KVCACHE_SPACE": "1"}
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "serve", "--executor", "vllm", "--port",
-                                 str(port), "--log-level", "warning", "--batch-wait-ms", "10"], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while True:
         try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"brickwork serve --executor vllm did not start: {log.read_text()[-3000:]}")
-        time.sleep(0.5)
+            proc, url = start_serve(["--executor", "vllm", "--log-level", "warning", "--batch-wait-ms", "10"],
+                                    {"BRICKWORK_API_KEY": KEY, "VLLM_CPU_KVCACHE_SPACE": "1"}, out, timeout=300)
+        except RuntimeError as e:
+            pytest.fail(f"brickwork serve --executor vllm: {e}: {log.read_text()[-3000:]}")
     yield openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_serve(proc, timeout=60)
 
 
 def _chat(client, content, **kw):
