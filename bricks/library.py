@@ -23,12 +23,12 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from bricks.atomic import atomic_write_text
 from bricks.errors import BrickError, IncompatibleBrickError, LibraryError, ManifestError, UnsafeArtifactError
 from bricks.integrity import Brick, check_adapter, check_brick, check_kind, check_no_symlinks, verify_brick_folder
-from bricks.library_writes import TEMP_PREFIXES, VERSION_DIR, LibraryWrites
+from bricks.library_writes import LIBRARY_FILE, TEMP_PREFIXES, VERSION_DIR, LibraryWrites
 from bricks.manifest import MANIFEST_NAME, BaseModelRef, BrickManifest, sha256_file
 from bricks.versions import LOG_FILE, STATE_FILE, IdState, LibraryState, VersionRecord
 
@@ -37,7 +37,6 @@ __all__ = ["Brick", "Library", "LibraryConfig", "LibraryState", "IdState", "Veri
 
 log = logging.getLogger(__name__)
 
-LIBRARY_FILE = "library.json"
 LIBRARY_FORMAT = 1
 
 
@@ -49,12 +48,21 @@ class LibraryConfig(BaseModel):
     format: int = LIBRARY_FORMAT
     base_model: BaseModelRef
     base_examples: list[str] = []
+    # a base example -> other ways users ask for it: indexed for routing (a hit on one counts as its example)
+    base_aliases: dict[str, list[str]] = {}
     # Bricks (and base skills) answer to the phrasings they were trained on, so a routed step is shown to the
     # model in the nearest such phrasing (fixed-function skills such as the toy world's); off for open tasks.
     canonical_instructions: bool = False
     # Every task of this library works on an input (the toy world's words and numbers): the CLI refuses to run
     # an instruction given without one instead of answering about an empty string.
     input_required: bool = False
+
+    @model_validator(mode="after")
+    def _aliases_name_examples(self) -> "LibraryConfig":
+        unknown = sorted(set(self.base_aliases) - set(self.base_examples))
+        if unknown:
+            raise ValueError(f"base_aliases name {unknown[0]!r}, which is not one of base_examples")
+        return self
 
 
 @dataclass(frozen=True)
@@ -102,7 +110,11 @@ class Library(LibraryWrites):
             raise LibraryError(f"{str(path)!r} is not a brick library (no {LIBRARY_FILE})")
         try:
             config = LibraryConfig.model_validate(json.loads(file.read_text(encoding="utf-8")))
-        except (ValueError, ValidationError) as e:
+        except ValidationError as e:
+            detail = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'settings'}: {err['msg']}"
+                               for err in e.errors())
+            raise LibraryError(f"{file}: corrupt library file ({detail})") from None
+        except ValueError as e:
             raise LibraryError(f"{file}: corrupt library file ({str(e).splitlines()[0]})") from None
         return cls(path, config)
 
@@ -180,6 +192,11 @@ class Library(LibraryWrites):
         return list(self.config.base_examples)
 
     @property
+    def base_aliases(self) -> dict[str, list[str]]:
+        """A base example -> the other phrasings indexed for it (see `LibraryConfig.base_aliases`)."""
+        return {example: list(aliases) for example, aliases in self.config.base_aliases.items()}
+
+    @property
     def skipped(self) -> list[tuple[Path, str]]:
         """Version folders that could not be used, with the reason (logged as warnings when scanned)."""
         return list(self._view.skipped)
@@ -197,6 +214,10 @@ class Library(LibraryWrites):
         """Re-read the library if it changed on disk (another process or object wrote it); say whether it did."""
         if not self.changed():
             return False
+        try:  # base_aliases may have changed (set_base_aliases); a damaged file keeps the config read before
+            self.config = LibraryConfig.model_validate(json.loads((self.path / LIBRARY_FILE).read_text("utf-8")))
+        except (OSError, ValueError, ValidationError) as e:
+            log.warning("keeping the library settings read before: %s", e)
         self._scan()
         return True
 

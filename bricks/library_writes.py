@@ -17,10 +17,11 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bricks.atomic import atomic_write_text
 from bricks.errors import LibraryError, ReadOnlyLibraryError
 from bricks.integrity import Brick, check_adapter, verify_brick_folder
 from bricks.manifest import MANIFEST_NAME, safe_join
@@ -36,6 +37,21 @@ log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
 VERSION_DIR = re.compile(r"^v([1-9][0-9]*)$")
 TEMP_PREFIXES = (".add-", ".removed-")
+
+
+LIBRARY_FILE = "library.json"
+
+
+def clean_phrasings(texts: Sequence[str], what: str) -> list[str]:
+    """`texts` stripped, blanks and repeats dropped; a text that is not a string, or longer than 1,000
+    characters, is refused (ValueError naming it)."""
+    out: list[str] = []
+    for text in texts:
+        if not isinstance(text, str) or len(text) > 1000:
+            raise ValueError(f"{what}: {str(text)[:60]!r} is not a phrasing (a string of at most 1000 characters)")
+        if text.strip() and text.strip() not in out:
+            out.append(text.strip())
+    return out
 
 
 def _is_read_only(e: BaseException) -> bool:
@@ -223,6 +239,40 @@ class LibraryWrites:
                     raise LibraryError(f"brick {brick_id!r} has no version before {current} to roll back to")
                 to = max(older)
             return self.activate(brick_id, to)
+
+    def set_aliases(self, brick_id: str, aliases: Sequence[str], version: int | None = None) -> Brick:
+        """Replace the routing aliases of a stored version of a brick (default: the active one).
+
+        Aliases are other ways users ask for what the brick does: the index holds them beside its description
+        and examples; the model never sees them. Only `brick.json`'s `aliases` change (atomically), not the
+        weights; the write is logged like any other, so running planners pick it up.
+        """
+        cleaned = clean_phrasings(aliases, f"aliases of {brick_id!r}")
+        with self.locked():
+            brick = self.get(brick_id, version)
+            brick.manifest.model_copy(update={"aliases": cleaned}).save(brick.path / MANIFEST_NAME)
+            self._commit(self._view.state.with_id(brick_id, active=self._view.active[brick_id]), op="aliases",
+                         brick_id=brick_id, version=brick.version)
+            self._scan()
+        log.info("brick %s has %d aliases", brick.key, len(cleaned))
+        return self.get(brick_id, brick.version)
+
+    def set_base_aliases(self, aliases: Mapping[str, Sequence[str]]) -> None:
+        """Replace the routing aliases of the base model's examples (`LibraryConfig.base_aliases`): each key
+        must be one of `base_examples`. `library.json` is replaced atomically."""
+        cleaned = {example: clean_phrasings(texts, f"aliases of base example {example!r}")
+                   for example, texts in aliases.items()}
+        with self.locked():
+            unknown = [e for e in cleaned if e not in self.config.base_examples]
+            if unknown:
+                raise LibraryError(f"base alias key {unknown[0]!r} is not one of the library's base_examples")
+            config = self.config.model_copy(update={"base_aliases": {e: t for e, t in cleaned.items() if t}})
+            atomic_write_text(self.path / LIBRARY_FILE, config.model_dump_json(indent=2) + "\n")
+            self.config = config
+            state = self._view.state
+            self._record.write_json(state.model_copy(update={"generation": state.generation + 1}))
+            self._scan()
+        log.info("base examples have %d aliases", sum(len(t) for t in cleaned.values()))
 
     def remove(self, brick_id: str, version: int | None = None) -> None:
         """Remove every version of a brick, or one `version` (if it was active, the highest left becomes active)."""

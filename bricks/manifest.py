@@ -88,6 +88,8 @@ class BrickManifest(BaseModel):
     prompt_template: str | None = None
     prompt_format: Literal["raw", "chat"] | None = None  # how its prompts were rendered when it was trained
     skills: list[str] = Field(default_factory=list)
+    # other ways users ask for what the brick does: indexed for routing, never shown to the model
+    aliases: list[str] = Field(default_factory=list)
 
     @field_validator("kind")
     @classmethod

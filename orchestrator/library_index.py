@@ -12,20 +12,28 @@ __all__ = ["library_documents", "index_fingerprint", "open_index", "library_stam
 log = logging.getLogger(__name__)
 
 
-def library_documents(library) -> list:
-    """What the brick index holds: each brick's description and examples, and the base model's own skills."""
+def library_documents(library, *, aliases: bool = True) -> list:
+    """What the brick index holds: each brick's description, examples and aliases, and the base model's own
+    skills with their aliases (`aliases=False`: no aliases, e.g. to measure what they add)."""
     from index import BrickDocument
     from policies import BASE_KEY
 
-    docs = [BrickDocument(key=b.key, texts=(b.manifest.description, *b.manifest.examples)) for b in library.list()]
+    docs = []
+    for b in library.list():
+        extra = getattr(b.manifest, "aliases", ()) if aliases else ()
+        docs.append(BrickDocument(key=b.key, texts=tuple(dict.fromkeys((b.manifest.description, *b.manifest.examples,
+                                                                        *extra)))))
     if library.base_examples:
-        docs.append(BrickDocument(key=BASE_KEY, texts=tuple(library.base_examples)))
+        extra = (getattr(library, "base_aliases", None) or {}) if aliases else {}
+        texts = [*library.base_examples, *(a for e in library.base_examples for a in extra.get(e, ()))]
+        docs.append(BrickDocument(key=BASE_KEY, texts=tuple(dict.fromkeys(texts))))
     return docs
 
 
 def index_fingerprint(library) -> str:
     """Changes whenever the bricks or the base model's listed skills change: a stale index is rebuilt."""
-    payload = json.dumps([library.fingerprint(), list(library.base_examples)])
+    payload = json.dumps([library.fingerprint(), list(library.base_examples),
+                          getattr(library, "base_aliases", None) or {}], sort_keys=True)
     return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
 
 

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 
 from bricks.prompt import History, as_history, check_format
+from index import SearchHit
 from orchestrator.plan import BrickConfig, BrickRef, Decoding, Plan, Step
 from orchestrator.validation import check_text
 from policies import BASE_KEY, Composition, Decomposer, Route, RoutingPolicy, RuleDecomposer, TopOne
@@ -42,6 +43,9 @@ class Planner:
         self._bricks: dict = {}
         self.excluded: dict[str, str] = {}
         self._emergent_cache: tuple[tuple, EmergentRoutes] | None = None
+        self._alias_cache: tuple[tuple, dict[tuple[str, str], str]] | None = None
+        self._repair_cache: tuple[tuple, object] | None = None
+        self._reranker_cache: tuple[tuple, object] | None = None
         self.refresh()
 
     def refresh(self) -> None:
@@ -62,6 +66,119 @@ class Planner:
         if self._emergent_cache is None or self._emergent_cache[0] != stamp:
             self._emergent_cache = (stamp, emergent_routes(self._bricks.values(), base_examples, threshold))
         return self._emergent_cache[1]
+
+    def _alias_targets(self) -> dict[tuple[str, str], str]:
+        """(key, indexed text) -> the trained phrasing it stands for: a brick's description and aliases stand for
+        its first example, a base alias for its base example (so emergent routing and canonical instructions
+        treat a hit on them as a hit on that phrasing)."""
+        base_aliases = getattr(self.library, "base_aliases", None) or {}
+        stamp = (id(self._bricks), len(self._bricks), tuple(base_aliases))
+        if self._alias_cache is None or self._alias_cache[0] != stamp:
+            targets = {(BASE_KEY, a): example for example, aliases in base_aliases.items() for a in aliases}
+            for key, brick in self._bricks.items():
+                examples = list(getattr(brick.manifest, "examples", None) or ())
+                if examples:
+                    for text in (getattr(brick.manifest, "description", None), *getattr(brick.manifest, "aliases", ())):
+                        if text not in examples:
+                            targets[(key, text)] = examples[0]
+            self._alias_cache = (stamp, targets)
+        return self._alias_cache[1]
+
+    def _queries(self, parts: list[str]) -> list[str]:
+        """The step texts as searched: misspelt words repaired against the index's words when the routing
+        policy's `spelling` is on (see `index.spelling`)."""
+        if not getattr(self.routing, "spelling", False) or not parts or not hasattr(self.index, "documents"):
+            return parts
+        from index.spelling import SpellingRepair
+
+        stamp = (id(self.index), getattr(self.index, "source_fingerprint", None), len(self.index))
+        if self._repair_cache is None or self._repair_cache[0] != stamp:
+            texts = [t for ts in self.index.documents().values() for t in ts]
+            self._repair_cache = (stamp, SpellingRepair(texts))
+        repair = self._repair_cache[1]
+        return [repair.repair(p) for p in parts]
+
+    def nearest(self, texts: Sequence[str], k: int) -> list[list[SearchHit]]:
+        """The `k` nearest index keys of each text by cosine (spelling repaired as the policy says), each hit's
+        text the trained phrasing it stands for (an alias or description: the brick's first example)."""
+        if not texts:
+            return []
+        targets = self._alias_targets()
+        hits = self.index.search_many(self._queries(list(texts)), k)
+        return [[SearchHit(h.key, h.score, targets.get((h.key, h.text), h.text)) for h in found] for found in hits]
+
+    def _search(self, parts: list[str], emergent: EmergentRoutes) -> list[list[SearchHit]]:
+        if not parts:
+            return []
+        queries, k = self._queries(parts), self.routing.k
+        if getattr(self.routing, "retrieval", "dense") == "hybrid":  # hidden bricks take no rank in the fusion
+            hits = self.index.search_many(queries, k, hybrid=True, exclude=emergent.hidden)
+        else:
+            hits = self.index.search_many(queries, k + len(emergent.hidden))
+        targets = self._alias_targets()
+        reranker = self._reranker(emergent, targets) if getattr(self.routing, "rerank", False) else None
+        if reranker is not None:
+            return reranker.rerank(self.index.embedder.embed(queries), k + len(self.excluded))
+        return [[SearchHit(h.key, h.score, targets.get((h.key, h.text), h.text)) for h in found] for found in hits]
+
+    def _reranker(self, emergent: EmergentRoutes, targets: dict[tuple[str, str], str]):
+        """The routing head of the current index and bricks (None for an index too large for one, or one
+        that cannot give its texts back). Base examples are grouped by the mask brick that repeats them (the
+        skill they belong to) whatever its retention, so the head does not change with `emergent_min_retention`."""
+        from orchestrator.reranker import MAX_HEAD_TEXTS, HeadReranker
+
+        if not hasattr(self.index, "entries") or len(self.index) > MAX_HEAD_TEXTS or not len(self.index):
+            return None
+        stamp = (id(self.index), getattr(self.index, "source_fingerprint", None), len(self.index),
+                 id(self._bricks), len(self._bricks), id(targets), emergent.hidden)
+        if self._reranker_cache is None or self._reranker_cache[0] != stamp:
+            base_examples = tuple(getattr(self.library, "base_examples", None) or ())
+            groups = emergent_routes(self._bricks.values(), base_examples, 0.0).by_text
+            self._reranker_cache = (stamp, HeadReranker(self.index, targets=targets, base_key=BASE_KEY,
+                                                        base_group=lambda text: groups.get(text, text),
+                                                        hidden=emergent.hidden))
+        return self._reranker_cache[1]
+
+    def _rejoin_fragments(self, instructions: list[str], parts: list[list[str]], hits: list[list[SearchHit]],
+                          emergent: EmergentRoutes) -> tuple[list[list[str]], list[list[SearchHit]]]:
+        """Undo a split that did not find a chain: when a step of a split instruction has no hit at the routing
+        threshold ("Take each letter; write it twice": "Take each letter." is no task), or two steps in a row go
+        to the same route (one task told in two clauses), and the whole instruction routes, it is one step."""
+        threshold = getattr(self.routing, "threshold", 0.5)
+
+        def top(found: list[SearchHit]) -> SearchHit | None:
+            best = next((h for h in found if h.key not in emergent.hidden), None)
+            return best if best is not None and best.score >= threshold else None
+
+        def route_of(best: SearchHit | None) -> tuple[str, str] | None:
+            if best is None:
+                return None
+            return (best.key, emergent.by_text.get(best.text, best.text) if best.key == BASE_KEY else "")
+
+        suspect, pos = [], 0
+        for i, ps in enumerate(parts):
+            if len(ps) > 1:
+                routes = [route_of(top(found)) for found in hits[pos:pos + len(ps)]]
+                if None in routes or any(a == b for a, b in zip(routes, routes[1:])):
+                    suspect.append(i)
+            pos += len(ps)
+        if not suspect:
+            return parts, hits
+        from policies.decompose import normalize_step
+
+        wholes = {i: normalize_step(instructions[i]) for i in suspect}
+        whole_hits = dict(zip(suspect, self._search(list(wholes.values()), emergent)))
+        new_parts, new_hits, pos = [], [], 0
+        for i, ps in enumerate(parts):
+            found = whole_hits.get(i)
+            if found is not None and top(found) is not None:
+                new_parts.append([wholes[i]])
+                new_hits.append(found)
+            else:
+                new_parts.append(ps)
+                new_hits.extend(hits[pos:pos + len(ps)])
+            pos += len(ps)
+        return new_parts, new_hits
 
     def _usable(self, hits):
         hidden = self.emergent().hidden
@@ -113,13 +230,11 @@ class Planner:
         split_many = getattr(self.decomposer, "split_many", None)  # a model decomposer: one batched decode
         parts = (split_many([instruction for instruction, _ in checked]) if split_many is not None
                  else [self.decomposer.split(instruction) for instruction, _ in checked])
-        flat = [p for ps in parts for p in ps]
         emergent = self.emergent()
         k = self.routing.k
-        if getattr(self.routing, "retrieval", "dense") == "hybrid":  # hidden bricks take no rank in the fusion
-            hits = self.index.search_many(flat, k, hybrid=True, exclude=emergent.hidden) if flat else []
-        else:
-            hits = self.index.search_many(flat, k + len(emergent.hidden)) if flat else []
+        flat = [p for ps in parts for p in ps]
+        hits = self._search(flat, emergent)
+        parts, hits = self._rejoin_fragments([c[0] for c in checked], parts, hits, emergent)
         plans, pos = [], 0
         for (instruction, text), ps, history in zip(checked, parts, histories):
             steps = []

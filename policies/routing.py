@@ -78,6 +78,10 @@ class TopOne:
     brick's recorded retention reaches it (see `emergent_routes`); None turns emergent routing off.
     `retrieval`: "dense" (cosine similarity) or "hybrid" (dense and BM25 rankings fused by reciprocal rank; the
     hits keep their cosine scores, so `threshold` means the same).
+    `spelling`: misspelt words of a step are repaired against the indexed words before it is searched
+    (`index.spelling.SpellingRepair`; English words are never changed).
+    `rerank`: routes are ordered by best cosine plus a routing head's probability, a linear classifier fitted on
+    the index's own texts (`orchestrator.reranker`; indexes of up to 20,000 texts); hits keep their cosine.
     """
 
     threshold: float = 0.5
@@ -86,6 +90,8 @@ class TopOne:
     thresholds: Mapping[str, float] = field(default_factory=dict)
     emergent_min_retention: float | None = DEFAULT_EMERGENT_MIN_RETENTION
     retrieval: Literal["dense", "hybrid"] = "dense"
+    spelling: bool = True
+    rerank: bool = True
 
     def __post_init__(self) -> None:
         _check_retention(self.emergent_min_retention)
@@ -133,8 +139,8 @@ class TopKWeighted:
     Bricks ranked below the base-model entry are not taken: the base already covers what they would add.
     Weights are then snapped (`snap_weights`): bricks under `weight_floor` are dropped, the rest renormalized
     and rounded to multiples of `weight_grid` (None: not rounded), so that near-equal routes share one merged
-    adapter; a route left with one brick runs it alone (weight 1). `emergent_min_retention` and `retrieval` as in
-    `TopOne`.
+    adapter; a route left with one brick runs it alone (weight 1). `emergent_min_retention`, `retrieval`,
+    `spelling` and `rerank` as in `TopOne`.
     """
 
     k: int = 3
@@ -146,6 +152,8 @@ class TopKWeighted:
     weight_grid: float | None = 0.01
     emergent_min_retention: float | None = DEFAULT_EMERGENT_MIN_RETENTION
     retrieval: Literal["dense", "hybrid"] = "dense"
+    spelling: bool = True
+    rerank: bool = True
 
     def __post_init__(self) -> None:
         _check_retention(self.emergent_min_retention)

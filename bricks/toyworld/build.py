@@ -24,6 +24,7 @@ from bricks.library import Library
 from bricks.manifest import BaseModelRef
 from bricks.model_io import load_model, load_tokenizer
 from bricks.rows import InstructionRow, read_rows
+from bricks.toyworld.aliases import apply_aliases
 from bricks.toyworld.dataset import DatasetSizes, split_path, write_splits
 from bricks.toyworld.pretrain import PretrainConfig, pretrain
 from bricks.toyworld.skills import EMERGENT_SKILLS, LORA_SKILLS, SKILLS
@@ -138,6 +139,7 @@ def build_world(out: Path, cfg: BuildConfig = BuildConfig(), *, progress: Progre
     t = time.perf_counter()
     emergent_report = add_emergent_bricks(model_dir, library, stage / "data", cfg.emergent, progress=progress)
     timings["emergent_s"] = time.perf_counter() - t
+    apply_aliases(library)  # routing documents: how users word each skill (indexed, never trained on)
     timings["total_s"] = time.perf_counter() - t0
 
     report = {

@@ -202,12 +202,19 @@ HARD_PARAPHRASES: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
-def hard_paraphrase_rows(seed: int = 1, per_phrasing: int = 3) -> list[TaskRow]:
-    """Single-skill rows of the hard split on test-split inputs: `per_phrasing` rows per hard phrasing, ids
-    `hard-<category>-<skill>-<n>`; no phrasing repeats a training phrasing or one of `PARAPHRASES`."""
+def hard_paraphrase_rows(seed: int = 1, per_phrasing: int = 3, version: int = 1) -> list[TaskRow]:
+    """Single-skill rows of a hard split on test-split inputs: `per_phrasing` rows per hard phrasing, ids
+    `hard-<category>-<skill>-<n>` (version 1, `HARD_PARAPHRASES`) or `hard2-...` (version 2, the clean-room
+    `paraphrases_v2.HARD_PARAPHRASES_V2`); no phrasing repeats a training phrasing or one of `PARAPHRASES`."""
+    from bricks.toyworld.paraphrases_v2 import HARD_PARAPHRASES_V2
+
+    splits = {1: ("hard", HARD_PARAPHRASES), 2: ("hard2", HARD_PARAPHRASES_V2)}
+    if version not in splits:
+        raise ValueError(f"unknown hard paraphrase split version {version!r}; expected 1 or 2")
+    prefix, phrasings_of = splits[version]
     rng = random.Random(seed)
     rows: list[TaskRow] = []
-    for skill_id, kinds in HARD_PARAPHRASES.items():
+    for skill_id, kinds in phrasings_of.items():
         seen = set(SKILLS[skill_id].phrasings) | set(PARAPHRASES[skill_id])
         for category in HARD_CATEGORIES:
             for j, phrasing in enumerate(kinds[category]):
@@ -215,6 +222,6 @@ def hard_paraphrase_rows(seed: int = 1, per_phrasing: int = 3) -> list[TaskRow]:
                     raise ValueError(f"hard paraphrase {phrasing!r} of {skill_id} repeats a known phrasing")
                 for n in range(per_phrasing):
                     row = sample_single(rng, skill_id, "test")
-                    rows.append(TaskRow(f"hard-{category}-{skill_id}-{j * per_phrasing + n:03d}", phrasing,
+                    rows.append(TaskRow(f"{prefix}-{category}-{skill_id}-{j * per_phrasing + n:03d}", phrasing,
                                         row.input, row.output, row.skills))
     return rows

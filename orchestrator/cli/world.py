@@ -91,7 +91,8 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
              split: str = typer.Option("test", "--split", help="train | validation | test (toy world splits)."),
              kind: str = typer.Option("single", "--kind",
                                       help="single | compound (toy world splits) | paraphrase (unseen phrasings) | "
-                                           "hard (synonyms, jargon, indirect, misspelt; never fitted on)."),
+                                           "hard | hard2 (synonyms, jargon, indirect, misspelt; never fitted on; hard2 "
+                                           "written in a clean room)."),
              data: Optional[Path] = typer.Option(None, "--data", help="A JSONL of rows instead of a toy world split."),
              skills: Optional[str] = typer.Option(None, "--skills", help="Comma-separated skill ids to keep."),
              limit: int = typer.Option(0, "--limit", help="At most this many rows per skill (0: all)."),
@@ -125,9 +126,10 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
 
     try:
         device = resolve_device(device)  # a GPU that is not there: one line, before any row is read
-        if split not in ("train", "validation", "test") or kind not in ("single", "compound", "paraphrase", "hard"):
+        if split not in ("train", "validation", "test") or kind not in ("single", "compound", "paraphrase", "hard",
+                                                                       "hard2"):
             fail(f"unknown split/kind {split!r}/{kind!r}; expected train|validation|test and "
-                 "single|compound|paraphrase|hard")
+                 "single|compound|paraphrase|hard|hard2")
         if retrieval not in ("dense", "hybrid"):
             fail(f"unknown retrieval {retrieval!r}; expected dense or hybrid")
         from orchestrator.arrow_baseline import ROUTERS
@@ -142,11 +144,11 @@ def evaluate(model: Optional[Path] = ModelOpt, library: Optional[Path] = Library
 
             path = Path("paraphrase-test")
             rows = [r.to_json() for r in paraphrase_rows()]
-        elif kind == "hard" and data is None:
+        elif kind in ("hard", "hard2") and data is None:
             from bricks.toyworld.paraphrases import hard_paraphrase_rows
 
-            path = Path("hard-paraphrase-test")
-            rows = [r.to_json() for r in hard_paraphrase_rows()]
+            path = Path(f"{kind}-paraphrase-test")
+            rows = [r.to_json() for r in hard_paraphrase_rows(version=1 if kind == "hard" else 2)]
         else:
             path = data or split_path(world_data_dir(), kind, split)  # type: ignore[arg-type]
             rows = [r.as_dict() for r in read_rows(path)]

@@ -133,6 +133,9 @@ def test_brick_models_run_one_step_with_that_brick(client):
         r = _ask(client, "Apply a Caesar shift of one.", model=model, extra_body={"input": "abc"})
         assert r.choices[0].message.content == "bcd"
         assert r.model_extra["brickwork"]["bricks"] == [["caesar@1"]]
+    for wording in ("Rotate each letter by one (ROT1).", "Aply a Ceasar shfit of one."):  # an alias, typos
+        r = _ask(client, wording, model="brick:caesar", extra_body={"input": "abc"})
+        assert r.choices[0].message.content == "bcd", wording
 
 
 def test_explicit_plan_and_brick_list(client, server):

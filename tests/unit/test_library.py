@@ -192,3 +192,46 @@ def test_pickle_adapter_in_library_is_skipped_on_open(tmp_path, tiny_model):
     again = Library.open(tmp_path / "lib")
     assert [b.id for b in again.list()] == ["good"]
     assert "pickle" in again.skipped[0][1]
+
+
+def test_aliases_change_routing_documents_only_and_are_logged(tmp_path, tiny_model):
+    from orchestrator.library_index import index_fingerprint, library_documents
+
+    lib = Library.create(tmp_path / "lib", BASE, ["Reverse the text.", "Sort the letters."])
+    lib.add(_lora_folder(tmp_path, tiny_model, "b1"))
+    weights = (lib.get("b1").path / "adapter_model.safetensors").read_bytes()
+    generation, f0, i0 = lib.generation, lib.fingerprint(), index_fingerprint(lib)
+    brick = lib.set_aliases("b1", [" Make it b. ", "Do b.", "", "Make it b.", "B it, please."])
+    assert brick.manifest.aliases == ["Make it b.", "Do b.", "B it, please."]  # stripped, blanks and repeats out
+    assert (brick.path / "adapter_model.safetensors").read_bytes() == weights
+    assert lib.generation == generation + 1 and lib.fingerprint() != f0
+    lib.set_base_aliases({"Reverse the text.": ["Mirror the word."]})
+    assert index_fingerprint(lib) != i0
+    reopened = Library.open(tmp_path / "lib")
+    assert reopened.get("b1").manifest.aliases == brick.manifest.aliases
+    assert reopened.base_aliases == {"Reverse the text.": ["Mirror the word."]}
+    docs = {d.key: d.texts for d in library_documents(reopened)}
+    assert docs["b1@1"] == ("does b", "Do b.", "Make it b.", "B it, please.")
+    assert docs["base"] == ("Reverse the text.", "Sort the letters.", "Mirror the word.")
+    bare = {d.key: d.texts for d in library_documents(reopened, aliases=False)}
+    assert bare["b1@1"] == ("does b", "Do b.") and bare["base"] == ("Reverse the text.", "Sort the letters.")
+    ops = [json.loads(line)["op"] for line in (tmp_path / "lib" / "versions.log").read_text().splitlines()]
+    assert ops[-1] == "aliases"
+
+
+def test_bad_aliases_are_refused_and_change_nothing(tmp_path, tiny_model):
+    lib = Library.create(tmp_path / "lib", BASE, ["Reverse the text."])
+    lib.add(_lora_folder(tmp_path, tiny_model, "b1"))
+    before = _tree(tmp_path / "lib")
+    with pytest.raises(LibraryError, match="'Count the letters.' is not one of the library's base_examples"):
+        lib.set_base_aliases({"Count the letters.": ["Tally."]})
+    with pytest.raises(ValueError, match="aliases of 'b1': .* is not a phrasing"):
+        lib.set_aliases("b1", ["fine", 3])
+    with pytest.raises(KeyError, match="no brick 'zz'"):
+        lib.set_aliases("zz", ["x"])
+    assert _tree(tmp_path / "lib") == before
+    library_json = tmp_path / "lib" / "library.json"
+    data = json.loads(library_json.read_text())
+    library_json.write_text(json.dumps({**data, "base_aliases": {"Nope.": ["x"]}}))
+    with pytest.raises(LibraryError, match="'Nope.', which is not one of base_examples"):
+        Library.open(tmp_path / "lib")

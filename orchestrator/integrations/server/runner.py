@@ -89,7 +89,8 @@ class Runner:
         out: dict[int, Plan | Exception] = {}
         todo = [i for i, j in enumerate(jobs) if j.bricks is not None and j.plan is None]
         canonical = bool(getattr(planner, "canonical", False)) and getattr(planner, "index", None) is not None
-        hits = planner.index.search_many([jobs[i].instruction for i in todo], 16) if canonical and todo else []
+        nearest = getattr(planner, "nearest", None) or planner.index.search_many
+        hits = nearest([jobs[i].instruction for i in todo], 16) if canonical and todo else []
         threshold = getattr(planner.routing, "threshold", 0.5)
         for n, i in enumerate(todo):
             job = jobs[i]

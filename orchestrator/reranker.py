@@ -1,0 +1,87 @@
+"""Reranking a planner's routes with a routing head fitted on its index (see `index.router_head`).
+
+A route class is a brick key, or for the base model's entry one class per base skill: the emergent brick that
+serves a base example, else the example itself (a base alias counts as the example it stands for). Every
+indexed text of a routable key is a training example of its class. A step's candidates are all classes, ordered
+by best cosine plus `weight` times the head's probability; each hit keeps the class's best cosine as its score
+and the trained phrasing its best text stands for as its text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+
+from index import SearchHit
+from index.router_head import RERANK_WEIGHT, RouterHead
+
+__all__ = ["HeadReranker", "MAX_HEAD_TEXTS"]
+
+MAX_HEAD_TEXTS = 20_000  # past this many indexed texts, routes are ranked by nearest neighbour alone
+
+
+class HeadReranker:
+    """A routing head over an index's texts, and the reranking of search hits it gives."""
+
+    def __init__(self, index, *, targets: Mapping[tuple[str, str], str], base_key: str,
+                 base_group: Callable[[str], str], hidden: Collection[str], weight: float = RERANK_WEIGHT) -> None:
+        import numpy as np
+
+        keys, texts, vectors = index_vectors(index)
+        self.weight = weight
+        self._texts: list[tuple[str, str]] = []  # (key, the trained phrasing the text stands for)
+        rows, labels, names = [], [], {}
+        for i, (key, text) in enumerate(zip(keys, texts)):
+            if key in hidden:
+                continue
+            shown = targets.get((key, text), text)
+            name = (key, base_group(shown)) if key == base_key else (key, "")
+            labels.append(names.setdefault(name, len(names)))
+            rows.append(i)
+            self._texts.append((key, shown))
+        self._vectors = np.ascontiguousarray(vectors[rows], dtype=np.float32)  # [n, dim]
+        self._labels = np.asarray(labels, dtype=np.int64)  # [n]
+        self.classes = len(names)
+        self.head = RouterHead.fit(self._vectors, labels, self.classes) if self.classes > 1 else None
+
+    def rerank(self, query_vectors, k: int) -> list[list[SearchHit]]:
+        """The top `k` route classes of each query vector `[q, dim]`, best first (see the module docstring)."""
+        import numpy as np
+
+        sims = np.asarray(query_vectors, dtype=np.float32) @ self._vectors.T  # [q, n]
+        best = np.full((sims.shape[0], self.classes), -np.inf, dtype=np.float32)  # [q, classes]
+        np.maximum.at(best.T, self._labels, sims.T)
+        where = np.zeros_like(best, dtype=np.int64)  # the text giving each class its best cosine
+        for c in range(self.classes):
+            members = np.flatnonzero(self._labels == c)
+            where[:, c] = members[sims[:, members].argmax(axis=1)]
+        combined = best + (self.weight * self.head.probabilities(query_vectors) if self.head is not None else 0.0)
+        out = []
+        for q in range(sims.shape[0]):
+            order = np.argsort(-combined[q], kind="stable")[:k]
+            out.append([SearchHit(self._texts[where[q, c]][0], float(best[q, c]), self._texts[where[q, c]][1])
+                        for c in order])
+        return out
+
+
+def index_vectors(index) -> tuple[list[str], list[str], object]:
+    """Keys, texts and unit vectors `[n, dim]` of everything an index holds (read back from FAISS, or embedded
+    again when the FAISS index cannot give vectors back)."""
+    import numpy as np
+
+    entries = sorted(index.entries.items())
+    keys = [key for _, (key, _) in entries]
+    texts = [text for _, (_, text) in entries]
+    try:
+        faiss_index = index.faiss_index
+        vectors = np.stack([faiss_index.reconstruct(int(i)) for i, _ in entries]) if entries else None
+    except (RuntimeError, AttributeError):
+        vectors = index.embedder.embed(texts)
+    return keys, texts, vectors
+
+
+def rerank_hits(reranker: HeadReranker | None, index, queries: Sequence[str], hits: list[list[SearchHit]],
+                k: int) -> list[list[SearchHit]]:
+    """`hits` reranked by `reranker` (None: unchanged)."""
+    if reranker is None or not queries:
+        return hits
+    return reranker.rerank(index.embedder.embed(list(queries)), k)
