@@ -53,10 +53,10 @@ class RouterHead:
         return cls(w.detach().numpy().astype(np.float32), b.detach().numpy().astype(np.float32), scale)
 
     def probabilities(self, queries):
-        """Class probabilities `[q, classes]` of unit query vectors `[q, dim]`."""
-        import numpy as np
+        """Class probabilities `[q, classes]` (a torch tensor) of unit query vectors `[q, dim]` (numpy or torch).
+        Computed with torch: numpy's BLAS threads would compete with the model's."""
+        import torch
 
-        logits = np.asarray(queries, dtype=np.float32) @ self.weights * self.scale + self.bias  # [q, classes]
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        return p / p.sum(axis=1, keepdims=True)
+        x = torch.as_tensor(queries, dtype=torch.float32)  # [q, dim]
+        logits = x @ torch.as_tensor(self.weights) * self.scale + torch.as_tensor(self.bias)  # [q, classes]
+        return torch.softmax(logits, dim=1)

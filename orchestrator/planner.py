@@ -111,14 +111,14 @@ class Planner:
         if not parts:
             return []
         queries, k = self._queries(parts), self.routing.k
+        targets = self._alias_targets()
+        reranker = self._reranker(emergent, targets) if getattr(self.routing, "rerank", False) else None
+        if reranker is not None:  # every text is scored: no nearest-neighbour search first
+            return reranker.rerank(self.index.embedder.embed(queries), k + len(self.excluded))
         if getattr(self.routing, "retrieval", "dense") == "hybrid":  # hidden bricks take no rank in the fusion
             hits = self.index.search_many(queries, k, hybrid=True, exclude=emergent.hidden)
         else:
             hits = self.index.search_many(queries, k + len(emergent.hidden))
-        targets = self._alias_targets()
-        reranker = self._reranker(emergent, targets) if getattr(self.routing, "rerank", False) else None
-        if reranker is not None:
-            return reranker.rerank(self.index.embedder.embed(queries), k + len(self.excluded))
         return [[SearchHit(h.key, h.score, targets.get((h.key, h.text), h.text)) for h in found] for found in hits]
 
     def _reranker(self, emergent: EmergentRoutes, targets: dict[tuple[str, str], str]):

@@ -81,7 +81,8 @@ class TopOne:
     `spelling`: misspelt words of a step are repaired against the indexed words before it is searched
     (`index.spelling.SpellingRepair`; English words are never changed).
     `rerank`: routes are ordered by best cosine plus a routing head's probability, a linear classifier fitted on
-    the index's own texts (`orchestrator.reranker`; indexes of up to 20,000 texts); hits keep their cosine.
+    the index's own texts (`orchestrator.reranker`; indexes of up to 20,000 texts); hits keep their cosine. It
+    scores every indexed text, so `retrieval` applies only with `rerank=False` (or past 20,000 texts).
     """
 
     threshold: float = 0.5

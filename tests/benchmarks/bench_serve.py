@@ -167,6 +167,23 @@ async def streaming(url: str, requests: int) -> dict:
             "earlier": sum(f < t * 0.9 for f, t in zip(first, total))}
 
 
+def ceiling(tasks: list, rows: int = 320) -> tuple[float, float]:
+    """Rows/s of the same tasks run by an Orchestrator in this process, one at a time and 32 at a time."""
+    from orchestrator import Orchestrator
+
+    jobs = [{"instruction": tasks[i % len(tasks)][1], "input": WORDS[(i // len(tasks)) % len(WORDS)]}
+            for i in range(rows)]
+    with Orchestrator.from_pretrained() as orc:
+        orc.run_batch(jobs[:64])  # warm-up
+        rates = []
+        for size, count in ((1, rows // 4), (32, rows)):
+            t0 = time.perf_counter()
+            for j in range(0, count, size):
+                orc.run_batch(jobs[j:j + size])
+            rates.append(count / (time.perf_counter() - t0))
+    return rates[0], rates[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=256, help="Requests per level of concurrency.")
@@ -180,6 +197,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="Run the sweep this many times; report each level's best run (other load on the machine "
                              "only slows runs down).")
+    parser.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
+                        help="After the server stops, run the same tasks in this process (no HTTP) one at a time and "
+                             "in batches of 32: the most batching can give on this machine.")
     parser.add_argument("--stream-requests", type=int, default=60,
                         help="Streamed requests from one client, timed to the first token and to the end (0: none).")
     args = parser.parse_args()
@@ -222,6 +242,10 @@ def main() -> None:
                  streamed["requests"], streamed["first_ms"], streamed["total_ms"],
                  streamed["first_ms"] / streamed["total_ms"], streamed["chunks"], streamed["earlier"],
                  streamed["requests"], streamed["wrong"])
+    if args.ceiling:
+        one, batched = ceiling(TASKS if args.tasks == "mixed" else TASKS[:1])
+        log.info("in process, no HTTP: %.1f rows/s one at a time, %.1f rows/s in batches of 32: %.1fx", one, batched,
+                 batched / one)
     at32 = next((r for r in rows if r["clients"] == 32), None)
     if at32 and base:
         log.info("goals at 32 clients: throughput %.1fx one client (goal >= 5x): %s; p99/p50 %.2f (goal <= 3): %s",
