@@ -277,9 +277,13 @@ class Orchestrator:
     # -- growing and updating the library -----------------------------------------------------------------
     reload_on_change: bool = True  # before planning, pick up bricks another process added, updated or removed
 
+    def library_stale(self) -> bool:
+        """Whether the library changed on disk since the last look (and `reload_on_change` is on)."""
+        return self.reload_on_change and library_stamp(self.planner.library) != self._library_stamp
+
     def follow_library(self) -> None:
         """Reload when the library changed on disk since the last look (and `reload_on_change` is on)."""
-        if self.reload_on_change and library_stamp(self.planner.library) != self._library_stamp:
+        if self.library_stale():
             self.reload()
 
     def reload(self):

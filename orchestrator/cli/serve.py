@@ -26,6 +26,8 @@ def serve(model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt
               None, "--admin-folder", help="The only folder /admin/bricks may take brick folders from."),
           max_batch: int = typer.Option(32, "--max-batch", help="Requests that share one executor run, at most."),
           batch_wait_ms: float = typer.Option(5.0, "--batch-wait-ms", help="How long a batch waits for more requests."),
+          concurrent_batches: int = typer.Option(4, "--concurrent-batches",
+                                                 help="Batches running at once on vLLM (joining its running batches)."),
           max_queue: int = typer.Option(256, "--max-queue", help="Waiting requests beyond this get 429."),
           max_tokens: int = typer.Option(1024, "--max-tokens", help="The largest max_tokens a request may ask for."),
           max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", help="Larger request bodies get 413."),
@@ -38,7 +40,8 @@ def serve(model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt
     try:
         config = ServerConfig(model=model, library=library, executor=executor, host=host, port=port, api_key=api_key,
                               admin_key=admin_key, admin_folder=admin_folder, max_batch=max_batch,
-                              batch_wait_ms=batch_wait_ms, max_queue=max_queue, max_tokens=max_tokens,
+                              batch_wait_ms=batch_wait_ms, concurrent_batches=concurrent_batches,
+                              max_queue=max_queue, max_tokens=max_tokens,
                               max_body_bytes=max_body_bytes)
     except ValidationError as e:
         err = e.errors()[0]
@@ -57,6 +60,6 @@ def serve(model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt
     except user_errors() as e:
         fail(first_line(e))
     try:
-        run_server(config, orc, log_level=log_level)
+        run_server(config, orc, log_level=log_level, close_orchestrator=True)  # closed as the app shuts down
     finally:
-        orc.close()
+        orc.close()  # when uvicorn returns (an error before serving); closing twice does nothing

@@ -79,11 +79,12 @@ class RssSampler(threading.Thread):
 def start_server(args) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     cmd = [sys.executable, "-m", "orchestrator.cli", "serve", "--port", str(port), "--log-level", "warning",
-           "--max-batch", str(args.max_batch), "--batch-wait-ms", str(args.batch_wait_ms), "--max-queue", "4096"]
+           "--max-batch", str(args.max_batch), "--batch-wait-ms", str(args.batch_wait_ms), "--max-queue", "4096",
+           "--executor", args.executor, "--concurrent-batches", str(args.concurrent_batches)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "BRICKWORK_API_KEY": "bench"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # vLLM compiles its model first
     while time.time() < deadline and proc.poll() is None:
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
@@ -189,6 +190,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=256, help="Requests per level of concurrency.")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 128])
     parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--executor", choices=["transformers", "vllm"], default="transformers")
+    parser.add_argument("--concurrent-batches", type=int, default=4,
+                        help="Batches running at once on vLLM (the transformers executor runs one at a time).")
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--time-limit", type=float, default=90.0, help="Seconds per level, at most.")
     parser.add_argument("--tasks", choices=["mixed", "reverse"], default="mixed",

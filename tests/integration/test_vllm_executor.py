@@ -120,3 +120,33 @@ def test_interleaved_adapters_take_both_ways_of_the_cpu_lora_ops(vllm_executor, 
     after = vllm_executor.mask_stats()["lora_ways"]
     if after is not None:  # CPU: the ops are brickwork's
         assert after["runs"] > before["runs"] and after["stacked"] > before["stacked"]
+
+
+def test_calls_from_several_threads_join_the_running_batch(vllm_executor, reference_executor):
+    """Four threads call generate at once with mixed adapters and masks: each gets the reference's outputs, and
+    requests of later calls were added while earlier ones ran (continuous batching), with masks kept pinned."""
+    import threading
+
+    mask = BrickConfig(bricks=(BrickRef(id="keep80", version=1, kind="ffn_mask"),), mask_mode="keep")
+    words = ["planet", "moon", "brick", "garden", "stone", "river"]
+    calls = [[_req("Apply a Caesar shift of one.", w, _lora("caesar")) for w in words],
+             [_req("Write every letter twice.", w, _lora("double", 2)) for w in words],
+             [GenerationRequest(DEFAULT_TEMPLATE.render("Reverse the text.", w), mask, D) for w in words],
+             [_req("Reverse the text.", w) for w in words]]
+    want = [[reference_executor.generate([r])[0] for r in call] for call in calls]
+    before = vllm_executor.loop_stats.joined
+    got: list = [None] * len(calls)
+    start = threading.Barrier(len(calls))
+
+    def run(i):
+        start.wait()
+        got[i] = vllm_executor.generate(calls[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert got == want
+    assert vllm_executor.loop_stats.joined > before  # some requests joined a batch that was running
+    assert vllm_executor.generate([BASE]) == ["tenalp"]

@@ -314,3 +314,57 @@ def test_a_lone_caller_does_not_wait_but_returning_callers_are_waited_for():
     lone_s, pair_s = run(main())
     assert lone_s < 1.0 and [len(c) for c in calls[:3]] == [1, 1, 1]
     assert calls[-1] == ["c", "d"] and pair_s < 1.5
+
+
+def test_batches_run_concurrently_up_to_max_concurrent():
+    """With max_concurrent=2, a second batch starts while the first still runs (its process waits for it); a
+    third waits for a slot."""
+    started = threading.Semaphore(0)
+    both_in = threading.Event()
+    running, peak = [0], [0]
+    lock = threading.Lock()
+
+    def process(jobs):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            if running[0] == 2:
+                both_in.set()
+        started.release()
+        assert both_in.wait(5), "the second batch never started while the first ran"
+        with lock:
+            running[0] -= 1
+        return jobs
+
+    async def main():
+        b = MicroBatcher(process, max_batch=2, wait_ms=0, max_queue=64, max_concurrent=2)
+        await b.start()
+        try:
+            return await asyncio.gather(*(b.submit(i) for i in range(6)))
+        finally:
+            await b.stop()
+
+    assert run(main()) == list(range(6))
+    assert peak[0] == 2
+    with pytest.raises(ValueError, match="max_concurrent 0 must be >= 1"):
+        MicroBatcher(process, max_concurrent=0)
+
+
+def test_batch_lock_is_shared_by_batches_and_held_alone_by_changes():
+    from orchestrator.integrations.server.runner import BatchLock
+
+    lock = BatchLock()
+    with lock.shared():
+        with lock.shared():  # batches run side by side
+            assert not lock.acquire(blocking=False)  # a library change waits for them
+        assert not lock.acquire(timeout=0.05)
+    assert lock.acquire(timeout=1)
+    order = []
+    t = threading.Thread(target=lambda: (lock.shared().__enter__(), order.append("batch")))
+    t.start()
+    t.join(0.1)
+    assert order == []  # a batch waits while a change holds the lock
+    order.append("change done")
+    lock.release()
+    t.join(5)
+    assert order == ["change done", "batch"]

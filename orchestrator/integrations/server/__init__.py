@@ -29,8 +29,13 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'orchestrator.integrations.server' has no attribute {name!r}")
 
 
-def serve(config: ServerConfig, orchestrator=None, *, log_level: str = "info") -> None:
-    """Run the server in this thread until interrupted (uvicorn on `config.host`:`config.port`)."""
+def serve(config: ServerConfig, orchestrator=None, *, log_level: str = "info",
+          close_orchestrator: bool = False) -> None:
+    """Run the server in this thread until interrupted (uvicorn on `config.host`:`config.port`).
+
+    `close_orchestrator`: close a given orchestrator when the app shuts down. uvicorn raises the SIGTERM or SIGINT
+    that stopped it again once the app is down, so code after this call may never run: an orchestrator whose
+    engine has processes of its own (vLLM) must be closed here, or they outlive the server."""
     try:
         import uvicorn
     except ImportError as e:
@@ -39,5 +44,5 @@ def serve(config: ServerConfig, orchestrator=None, *, log_level: str = "info") -
         raise MissingExtraError("the HTTP server needs fastapi and uvicorn: pip install 'brickwork[serve]'") from e
     from orchestrator.integrations.server.app import create_app
 
-    uvicorn.run(create_app(config, orchestrator), host=config.host, port=config.port, log_level=log_level,
-                timeout_graceful_shutdown=10)
+    app = create_app(config, orchestrator, close_orchestrator=close_orchestrator)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, timeout_graceful_shutdown=10)

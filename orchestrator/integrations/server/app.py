@@ -89,7 +89,8 @@ class ServerState:
         await asyncio.to_thread(importlib.import_module, "orchestrator.integrations.langchain")  # not on a request
         self.runner = Runner(self.orc, max_plan_steps=self.config.max_plan_steps)
         self.batcher = MicroBatcher(self.runner, max_batch=self.config.max_batch, wait_ms=self.config.batch_wait_ms,
-                                    max_queue=self.config.max_queue, on_batch=self.metrics.observe_batch)
+                                    max_queue=self.config.max_queue, on_batch=self.metrics.observe_batch,
+                                    max_concurrent=self.config.concurrent_batches if self.runner.concurrent else 1)
         await self.batcher.start()
 
     async def close(self) -> None:
@@ -173,10 +174,12 @@ def _sse(model) -> str:
     return f"data: {model.model_dump_json(exclude_none=False)}\n\n"
 
 
-def create_app(config: ServerConfig | None = None, orchestrator=None) -> FastAPI:
-    """The app; `orchestrator` (an open Orchestrator) is used as is, else one is opened from `config` at startup."""
+def create_app(config: ServerConfig | None = None, orchestrator=None, *, close_orchestrator: bool = False) -> FastAPI:
+    """The app; `orchestrator` (an open Orchestrator) is used as is (and closed at shutdown with
+    `close_orchestrator`), else one is opened from `config` at startup and closed at shutdown."""
     config = config or ServerConfig()
     state = ServerState(config, orchestrator)
+    state.owns_orc = state.owns_orc or close_orchestrator
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -224,7 +227,9 @@ def create_app(config: ServerConfig | None = None, orchestrator=None) -> FastAPI
         b = state.batcher
         return Health(executor=type(state.orc.executor).__name__, bricks=len(state.orc.planner.library.list()),
                       queued=b.depth if b else 0, batches=b.stats.batches if b else 0,
-                      mean_batch=round(b.stats.mean_batch, 3) if b else 0.0)
+                      mean_batch=round(b.stats.mean_batch, 3) if b else 0.0,
+                      concurrent_batches=b.max_concurrent if b else 1,
+                      engine_joined=getattr(getattr(state.orc.executor, "loop_stats", None), "joined", None))
 
     @app.get("/metrics", dependencies=[api_key])
     async def metrics() -> Response:

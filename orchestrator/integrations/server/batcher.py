@@ -5,8 +5,9 @@
     result = await batcher.submit(job)          # Overloaded (429) at once when max_queue jobs are waiting
 
 `process(jobs)` gets a list of jobs and returns one result per job, in order; an entry that is an exception
-fails only its own job. One batch runs at a time (the executor is one model); while it runs, new jobs queue
-and form the next batch. A batch is the first waiting job plus whatever else is waiting, and then what arrives
+fails only its own job. Up to `max_concurrent` batches run at once (1 for an executor that runs one call at a time;
+more where calls share the engine's running batches, as vLLM's do); while they run, new jobs queue and form the
+next batch. A batch is the first waiting job plus whatever else is waiting, and then what arrives
 within `wait_ms`, up to `max_batch`, while the batch is smaller than the clients seen: the jobs of the last batch
 (their callers may be about to send their next ones) plus those that were already waiting when it ended. A lone
 caller's job therefore runs at once, and under load the waves of callers merge into full batches. A job whose caller went away (its future cancelled) before its batch formed is never run; one
@@ -60,13 +61,16 @@ class MicroBatcher(Generic[J]):
     """Collects jobs into batches for `process` (see the module docstring)."""
 
     def __init__(self, process: Callable[[list[J]], Sequence[Any]], *, max_batch: int = 32, wait_ms: float = 5.0,
-                 max_queue: int = 256, on_batch: Callable[[int, float], None] | None = None) -> None:
-        if max_batch < 1 or max_queue < 1 or wait_ms < 0:
-            raise ConfigError(f"max_batch {max_batch} and max_queue {max_queue} must be >= 1, wait_ms {wait_ms} >= 0")
+                 max_queue: int = 256, max_concurrent: int = 1,
+                 on_batch: Callable[[int, float], None] | None = None) -> None:
+        if max_batch < 1 or max_queue < 1 or wait_ms < 0 or max_concurrent < 1:
+            raise ConfigError(f"max_batch {max_batch}, max_queue {max_queue} and max_concurrent {max_concurrent} must "
+                              f"be >= 1, wait_ms {wait_ms} >= 0")
         self.process = process
         self.max_batch = max_batch
         self.wait_s = wait_ms / 1000.0
         self.max_queue = max_queue
+        self.max_concurrent = max_concurrent
         self.on_batch = on_batch
         self.stats = BatchStats()
         self._items: deque[_Item[J]] = deque()
@@ -153,36 +157,45 @@ class MicroBatcher(Generic[J]):
         return batch
 
     async def _loop(self) -> None:
-        while True:
-            batch = await self._collect()
-            live = [item for item in batch if not item.future.done()]
-            self.stats.dropped += len(batch) - len(live)
-            if not live:
-                continue
-            t0 = time.perf_counter()
-            try:
-                results = await asyncio.to_thread(self.process, [item.job for item in live])
-                if len(results) != len(live):
-                    raise RuntimeError(f"batch function returned {len(results)} results for {len(live)} jobs")
-            except asyncio.CancelledError:
-                for item in live:
-                    item.future.cancel()
-                raise
-            except Exception as e:  # noqa: BLE001 (the whole batch failed: each job gets the error)
-                log.exception("a batch of %d jobs failed", len(live))
-                results = [e] * len(live)
-            busy = time.perf_counter() - t0
-            self._expected = len(live) + len(self._items)
-            self.stats.batches += 1
-            self.stats.jobs += len(live)
-            self.stats.largest = max(self.stats.largest, len(live))
-            self.stats.busy_s += busy
-            if self.on_batch is not None:
-                self.on_batch(len(live), busy)
-            for item, result in zip(live, results):
-                if item.future.done():  # its caller went away while the batch ran
-                    self.stats.dropped += 1
-                elif isinstance(result, BaseException):
-                    item.future.set_exception(result)
-                else:
-                    item.future.set_result(result)
+        running: set[asyncio.Task] = set()
+        try:
+            while True:
+                while len(running) >= self.max_concurrent:
+                    done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                batch = await self._collect()
+                live = [item for item in batch if not item.future.done()]
+                self.stats.dropped += len(batch) - len(live)
+                if live:
+                    running.add(asyncio.create_task(self._run_batch(live)))
+        finally:
+            for task in running:
+                task.cancel()
+
+    async def _run_batch(self, live: list[_Item[J]]) -> None:
+        t0 = time.perf_counter()
+        try:
+            results = await asyncio.to_thread(self.process, [item.job for item in live])
+            if len(results) != len(live):
+                raise RuntimeError(f"batch function returned {len(results)} results for {len(live)} jobs")
+        except asyncio.CancelledError:
+            for item in live:
+                item.future.cancel()
+            raise
+        except Exception as e:  # noqa: BLE001 (the whole batch failed: each job gets the error)
+            log.exception("a batch of %d jobs failed", len(live))
+            results = [e] * len(live)
+        busy = time.perf_counter() - t0
+        self._expected = len(live) + len(self._items)
+        self.stats.batches += 1
+        self.stats.jobs += len(live)
+        self.stats.largest = max(self.stats.largest, len(live))
+        self.stats.busy_s += busy
+        if self.on_batch is not None:
+            self.on_batch(len(live), busy)
+        for item, result in zip(live, results):
+            if item.future.done():  # its caller went away while the batch ran
+                self.stats.dropped += 1
+            elif isinstance(result, BaseException):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)

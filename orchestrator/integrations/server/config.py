@@ -41,6 +41,9 @@ class ServerConfig(BaseModel):
     """At most this many requests share one executor run."""
     batch_wait_ms: float = Field(default=5.0, ge=0.0, le=10_000.0)
     """How long the first request of a batch waits for others to join it."""
+    concurrent_batches: int = Field(default=4, ge=1, le=64)
+    """Batches running at once when the executor runs calls concurrently (vLLM: their requests join the engine's
+    running batches); the transformers executor runs one at a time whatever this says."""
     max_queue: int = Field(default=256, ge=1)
     """Requests waiting beyond this are refused with 429 and Retry-After."""
     max_body_bytes: int = Field(default=1_000_000, ge=1024)

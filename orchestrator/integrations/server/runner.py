@@ -8,16 +8,17 @@ sampling job with a seed runs alone, after seeding torch, so the same seed gives
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from orchestrator.integrations.server.config import APIError
 from orchestrator.plan import BrickConfig, BrickRef, Decoding, Plan, PlanError, Step
 from orchestrator.result import Result
 
-__all__ = ["Job", "Outcome", "Runner", "parse_brick_key", "supports_seed"]
+__all__ = ["BatchLock", "Job", "Outcome", "Runner", "parse_brick_key", "supports_seed"]
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +74,60 @@ def _with_decoding(plan: Plan, decoding: Decoding | None) -> Plan:
     return plan.model_copy(update={"steps": tuple(s.model_copy(update={"decoding": decoding}) for s in plan.steps)})
 
 
+class BatchLock:
+    """Batches share it (`shared()`); library changes and shutdown hold it alone (`with lock:`, `acquire`)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._sharing = 0
+        self._held = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._held)
+            self._sharing += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._sharing -= 1
+                self._cond.notify_all()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        with self._cond:
+            free = lambda: not self._held and not self._sharing  # noqa: E731
+            if not blocking:
+                ok = free()
+            else:
+                ok = self._cond.wait_for(free, None if timeout is None or timeout < 0 else timeout)
+            if ok:
+                self._held = True
+            return ok
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+    def __enter__(self) -> "BatchLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 class Runner:
-    """Plans and runs batches of jobs on `orc` (an Orchestrator), one batch at a time (`lock`)."""
+    """Plans and runs batches of jobs on `orc` (an Orchestrator). `concurrent`: whether batches may run at once
+    (the executor says so: vLLM's calls share its running batches); they share `lock`, which library changes
+    hold alone."""
 
     def __init__(self, orc, *, max_plan_steps: int = 16) -> None:
         self.orc = orc
         self.max_plan_steps = max_plan_steps
-        self.lock = threading.Lock()  # held by a batch, and by admin changes to the library
+        self.lock = BatchLock()
+        self.concurrent = bool(getattr(getattr(orc, "executor", None), "concurrent", False))
 
     # -- plans ------------------------------------------------------------------------------------------
     def _brick_plans(self, jobs: Sequence[Job]) -> dict[int, Plan | Exception]:
@@ -89,8 +137,10 @@ class Runner:
         out: dict[int, Plan | Exception] = {}
         todo = [i for i, j in enumerate(jobs) if j.bricks is not None and j.plan is None]
         canonical = bool(getattr(planner, "canonical", False)) and getattr(planner, "index", None) is not None
-        nearest = getattr(planner, "nearest", None) or planner.index.search_many
-        hits = nearest([jobs[i].instruction for i in todo], 16) if canonical and todo else []
+        hits = []
+        if canonical and todo:
+            nearest = getattr(planner, "nearest", None) or planner.index.search_many
+            hits = nearest([jobs[i].instruction for i in todo], 16)
         threshold = getattr(planner.routing, "threshold", 0.5)
         for n, i in enumerate(todo):
             job = jobs[i]
@@ -196,13 +246,16 @@ class Runner:
 
     def __call__(self, jobs: Sequence[Job]) -> list[Outcome | Exception]:
         """Plan and run `jobs` together; one Outcome or exception per job, in order."""
-        with self.lock:
-            follow = getattr(self.orc, "follow_library", None)  # pick up bricks changed on disk
-            if follow is not None:
-                try:
-                    follow()
-                except Exception:  # noqa: BLE001 (serve with the library as it was)
-                    log.warning("could not follow the library's changes", exc_info=True)
+        stale = getattr(self.orc, "library_stale", None)
+        if stale is None or stale():  # pick up bricks changed on disk, with no batch running
+            with self.lock:
+                follow = getattr(self.orc, "follow_library", None)
+                if follow is not None:
+                    try:
+                        follow()
+                    except Exception:  # noqa: BLE001 (serve with the library as it was)
+                        log.warning("could not follow the library's changes", exc_info=True)
+        with self.lock.shared():
             plans = self._plans(jobs)
             results: list[Result | Exception | None] = [p if isinstance(p, Exception) else None for p in plans]
             shared = [i for i, p in enumerate(plans) if isinstance(p, Plan) and not self._seeded(jobs[i], p)]

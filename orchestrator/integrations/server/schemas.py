@@ -221,6 +221,8 @@ class Health(BaseModel):
     queued: int
     batches: int
     mean_batch: float
+    concurrent_batches: int = 1  # batches that may run at once
+    engine_joined: int | None = None  # vLLM: requests that joined a running engine batch (None: no engine loop)
 
 
 class AdminBrickRequest(_Strict):
