@@ -7,7 +7,8 @@ requests, errors (non-200 answers, transport failures and wrong answers), reques
 p50 and p99 latency, the mean batch the server formed; and the server's RSS over the run.
 
     python tests/benchmarks/bench_serve.py [--requests 256] [--clients 1 8 32 128] [--max-batch 32] [--repeat 1]
-                                           [--tasks mixed|reverse]
+                                           [--tasks mixed|reverse] [--executor transformers|vllm]
+                                           [--compare-concurrent 1 4] [--no-ceiling]
 
 Then one client streams `--stream-requests` answers: time to the first content chunk against time to the whole
 answer (medians), chunks per answer, and whether the chunks add up to the right answer.
@@ -201,6 +202,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="Run the sweep this many times; report each level's best run (other load on the machine "
                              "only slows runs down).")
+    parser.add_argument("--compare-concurrent", type=int, nargs="*", default=[],
+                        help="Then, for each N given, a fresh server with --concurrent-batches N serves the largest "
+                             "--clients level (vLLM: batches that run at once, side by side).")
     parser.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
                         help="After the server stops, run the same tasks in this process (no HTTP) one at a time and "
                              "in batches of 32: the most batching can give on this machine.")
@@ -246,6 +250,19 @@ def main() -> None:
                  streamed["requests"], streamed["first_ms"], streamed["total_ms"],
                  streamed["first_ms"] / streamed["total_ms"], streamed["chunks"], streamed["earlier"],
                  streamed["requests"], streamed["wrong"])
+    for n in args.compare_concurrent:
+        clients = max(args.clients)
+        other = argparse.Namespace(**{**vars(args), "concurrent_batches": n})
+        proc, url = start_server(other)
+        try:
+            asyncio.run(level(url, 4, 40, 60))
+            r = asyncio.run(level(url, clients, max(args.requests, clients), args.time_limit,
+                                  TASKS if args.tasks == "mixed" else TASKS[:1]))
+        finally:
+            proc.terminate()
+            proc.wait(60)
+        log.info("--concurrent-batches %d, %d clients: %.1f req/s, p50 %.1f ms, p99 %.1f ms, mean batch %.1f, "
+                 "errors %d", n, clients, r["rps"], r["p50"], r["p99"], r["mean_batch"], sum(r["errors"].values()))
     if args.ceiling:
         one, batched = ceiling(TASKS if args.tasks == "mixed" else TASKS[:1])
         log.info("in process, no HTTP: %.1f rows/s one at a time, %.1f rows/s in batches of 32: %.1fx", one, batched,
