@@ -230,6 +230,9 @@ class Orchestrator:
                 if src is not None and errors[pi][src] is not None:
                     errors[pi][si] = f"not run: its input, step {src}, failed"
                     continue
+                if plans[pi].steps[si].abstain:
+                    errors[pi][si] = f"no brick or base skill serves this step ({plans[pi].steps[si].abstain})"
+                    continue
                 inputs[pi][si] = plans[pi].input if src is None else (outputs[pi][src] or "")
                 try:
                     prompt = self.render(plans[pi], si, inputs[pi][si])

@@ -140,6 +140,7 @@ class Step(_Value):
     prompt_format: PromptFormat | None = None  # "raw", "chat" (the model's chat template); None: chosen by the model
     model_instruction: str | None = None  # what the model is shown instead of `instruction` (canonical phrasing)
     route: str | None = None  # why these bricks (routing policy's reason), for inspection
+    abstain: str | None = None  # why nothing serves this step (the routing policy abstained): it is not run
 
 
 class Plan(_Value):

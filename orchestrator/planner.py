@@ -248,7 +248,8 @@ class Planner:
                 config, template, fmt = self._config(route)
                 steps.append(Step(instruction=part, input_from=None if j == 0 else j - 1, config=config,
                                   decoding=self.decoding, prompt_template=template, prompt_format=fmt,
-                                  model_instruction=shown if shown != part else None, route=route.reason))
+                                  model_instruction=shown if shown != part else None, route=route.reason,
+                                  abstain=route.reason if route.abstain else None))
             plans.append(Plan(instruction=instruction, input=text, steps=tuple(steps), history=history))
         return plans
 

@@ -36,6 +36,7 @@ class Route:
     bricks: tuple[RoutedBrick, ...]
     reason: str
     best_score: float | None = None
+    abstain: bool = False  # no brick and not the base model: nothing here serves this step (see `abstain`)
 
     @property
     def is_base(self) -> bool:
@@ -57,14 +58,24 @@ def brick_id(key: str) -> str:
 
 
 def _base_or_fallback(hits: Sequence[SearchHit], threshold: float,
-                      thresholds: Mapping[str, float] | None = None) -> Route | None:
+                      thresholds: Mapping[str, float] | None = None, abstain: bool = False) -> Route | None:
     if not hits:
         return Route((), "fallback: the index is empty", None)
     best = hits[0]
+    base_threshold = (thresholds or {}).get(BASE_KEY, threshold)
+    base = next((h for h in hits if h.key == BASE_KEY), None)
     if best.key == BASE_KEY:
+        if abstain and best.score < base_threshold:
+            return Route((), f"abstain: nearest is the base model at {best.score:.3f} < threshold {base_threshold}, "
+                             "and no brick is nearer", best.score, abstain=True)
         return Route((), f"base: nearest to what the base model does ({best.score:.3f})", best.score)
     threshold = (thresholds or {}).get(brick_id(best.key), threshold)
     if best.score < threshold:
+        if abstain and (base is None or base.score < base_threshold):
+            seen = f"{base.score:.3f}" if base is not None else "not among the hits"
+            return Route((), f"abstain: best score {best.score:.3f} ({best.key}) < threshold {threshold}, and the "
+                             f"base model does not serve it either ({seen} < {base_threshold})", best.score,
+                         abstain=True)
         return Route((), f"fallback: best score {best.score:.3f} ({best.key}) < threshold {threshold}", best.score)
     return None
 
@@ -83,6 +94,10 @@ class TopOne:
     `rerank`: routes are ordered by best cosine plus a routing head's probability, a linear classifier fitted on
     the index's own texts (`orchestrator.reranker`; indexes of up to 20,000 texts); hits keep their cosine. It
     scores every indexed text, so `retrieval` applies only with `rerank=False` (or past 20,000 texts).
+    `abstain`: a step whose best brick is under its threshold goes to the base model only when the base entry
+    reaches its own threshold (`thresholds["base"]`, else `threshold`); otherwise, and when the nearest entry is
+    the base model's under that threshold, the step abstains: it is not run and fails naming why (no silent
+    answer from a model that does not serve the instruction). Off by default: weak steps go to the base model.
     """
 
     threshold: float = 0.5
@@ -93,13 +108,14 @@ class TopOne:
     retrieval: Literal["dense", "hybrid"] = "dense"
     spelling: bool = True
     rerank: bool = True
+    abstain: bool = False
 
     def __post_init__(self) -> None:
         _check_retention(self.emergent_min_retention)
         _check_retrieval(self.retrieval)
 
     def route(self, hits: Sequence[SearchHit]) -> Route:
-        early = _base_or_fallback(hits, self.threshold, self.thresholds)
+        early = _base_or_fallback(hits, self.threshold, self.thresholds, self.abstain)
         if early:
             return early
         best = hits[0]
@@ -141,7 +157,7 @@ class TopKWeighted:
     Weights are then snapped (`snap_weights`): bricks under `weight_floor` are dropped, the rest renormalized
     and rounded to multiples of `weight_grid` (None: not rounded), so that near-equal routes share one merged
     adapter; a route left with one brick runs it alone (weight 1). `emergent_min_retention`, `retrieval`,
-    `spelling` and `rerank` as in `TopOne`.
+    `spelling`, `rerank` and `abstain` as in `TopOne`.
     """
 
     k: int = 3
@@ -155,6 +171,7 @@ class TopKWeighted:
     retrieval: Literal["dense", "hybrid"] = "dense"
     spelling: bool = True
     rerank: bool = True
+    abstain: bool = False
 
     def __post_init__(self) -> None:
         _check_retention(self.emergent_min_retention)
@@ -167,7 +184,7 @@ class TopKWeighted:
                              f"got {self.weight_grid}")
 
     def route(self, hits: Sequence[SearchHit]) -> Route:
-        early = _base_or_fallback(hits, self.threshold, self.thresholds)
+        early = _base_or_fallback(hits, self.threshold, self.thresholds, self.abstain)
         if early:
             return early
         chosen = []
@@ -214,7 +231,7 @@ class EmergentRoutes:
     def route_base(self, route: Route, hits: Sequence[SearchHit], threshold: float) -> Route | None:
         """The emergent route for a step `route` sent to the base model because its nearest hit (at least
         `threshold`) is a base example that an emergent brick serves; None to keep the base model."""
-        if not route.is_base or not hits or hits[0].key != BASE_KEY or hits[0].score < threshold:
+        if route.abstain or not route.is_base or not hits or hits[0].key != BASE_KEY or hits[0].score < threshold:
             return None
         key = self.by_text.get(hits[0].text)
         if key is None:

@@ -15,6 +15,9 @@ Splits: "hard" (`hard_paraphrase_rows()`, written by hand) and "hard2" (`hard_pa
 written in a clean room by an author who saw only the skills' definitions; neither was used to write the
 aliases, and hard2 was added unread); "paraphrase" (single-skill rows of the paraphrase split), "single_test"
 and "compound_test" (trained phrasings: must not get worse).
+Then, with the default routing and `abstain=True`, how many distinct instructions abstain (planning only): of
+requests no skill serves (`paraphrases.OUT_OF_SCOPE`, and the clean-room near misses of
+`aliases.out_of_scope_requests`) and of each split's single-skill instructions.
 Prints JSON: per configuration and split, routing accuracy (each single-skill row's one step, against the
 brick serving the skill, emergent routing included; compound rows: the whole plan's steps) and exact match,
 per skill, and per category for the hard splits.
@@ -65,6 +68,21 @@ def _score(rows: list[dict], results: list, routes: dict[str, str]) -> dict:
                 "exact_match": round(sum(b for _, b in v) / len(v), 4)} for k, v in sorted(groups.items())}
 
 
+def _abstentions(planner, splits: dict[str, list[dict]]) -> dict[str, str]:
+    """With the default routing plus `abstain=True`: how many instructions abstain, of requests no skill serves
+    (hand-written, and the clean-room near misses) and of the splits' single-skill rows (planning only)."""
+    from bricks.toyworld.aliases import out_of_scope_requests
+    from bricks.toyworld.paraphrases import OUT_OF_SCOPE
+
+    sets = {"out_of_scope": list(OUT_OF_SCOPE), "out_of_scope_near_misses": out_of_scope_requests(),
+            **{name: [r["instruction"] for r in rows if len(r["skills"]) == 1] for name, rows in splits.items()}}
+    out = {}
+    for name, texts in sets.items():
+        plans = planner.plan_many([(t, "abc") for t in dict.fromkeys(texts)])
+        out[name] = f"{sum(any(s.abstain for s in p.steps) for p in plans)}/{len(plans)}"
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default).")
@@ -100,7 +118,9 @@ def main() -> None:
                 results = orc.run_batch(rows)
                 report[name][split] = _score(rows, results, routes)
                 report[name][split]["all"]["seconds"] = round(time.perf_counter() - t, 2)
-        planner.index, planner.routing = full_index, base_policy
+        planner.index, planner.routing = full_index, dataclasses.replace(base_policy, abstain=True)
+        report["abstain"] = _abstentions(planner, splits)
+        planner.routing = base_policy
     report["summary"] = {split: {name: report[name][split]["all"] for name in args.configs} for split in splits}
     text = json.dumps(report, indent=2)
     print(text)

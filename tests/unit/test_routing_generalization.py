@@ -10,7 +10,7 @@ from index.router_head import RouterHead
 from index.spelling import SpellingRepair, edit_distance
 from orchestrator.planner import Planner
 from orchestrator.reranker import HeadReranker
-from policies import BASE_KEY, TopOne
+from policies import BASE_KEY, TopKWeighted, TopOne
 
 TEXTS = ["Reverse the text.", "Write the input backwards.", "Count the letters.", "Remove the vowels.",
          "Shift every letter forward by one.", "Apply a Caesar shift of one."]
@@ -120,3 +120,54 @@ def test_a_split_leaving_a_fragment_that_routes_nowhere_is_one_step(alias_planne
     assert len(whole.steps) == 1 and whole.steps[0].instruction == "Apply a Caesar shift of one; zq xv."
     same = alias_planner.plan("Apply a Caesar shift of one; rotate letters ROT1 style.", "abc")
     assert len(same.steps) == 1  # two clauses, one route: one task told twice
+
+
+def _hits(*pairs):
+    from index import SearchHit
+
+    return [SearchHit(key, score, f"text of {key}") for key, score in pairs]
+
+
+@pytest.mark.parametrize("policy", [TopOne, TopKWeighted])
+def test_abstain_sends_weak_steps_to_the_base_model_only_when_it_serves_them(policy):
+    quiet, strict = policy(threshold=0.5), policy(threshold=0.5, abstain=True)
+    weak_brick_base_fine = _hits(("caesar@1", 0.45), (BASE_KEY, 0.55))
+    weak_everywhere = _hits(("caesar@1", 0.45), (BASE_KEY, 0.30))
+    weak_base_first = _hits((BASE_KEY, 0.40), ("caesar@1", 0.35))
+    for hits in (weak_brick_base_fine, weak_everywhere, weak_base_first):
+        assert quiet.route(hits).is_base and not quiet.route(hits).abstain  # off: weak steps go to the base
+    assert strict.route(weak_brick_base_fine).is_base and not strict.route(weak_brick_base_fine).abstain
+    for hits in (weak_everywhere, weak_base_first, _hits(("caesar@1", 0.45), ("double@1", 0.4))):
+        route = strict.route(hits)
+        assert route.abstain and route.is_base and route.reason.startswith("abstain: ")
+    assert not strict.route(_hits(("caesar@1", 0.9))).abstain  # a strong route is taken as ever
+    calibrated = policy(threshold=0.5, abstain=True, thresholds={BASE_KEY: 0.25})
+    assert not calibrated.route(weak_everywhere).abstain  # the base entry's own (calibrated) threshold
+
+
+def test_an_abstained_step_is_never_run_and_fails_naming_why(alias_planner):
+    import dataclasses
+
+    from orchestrator.api import Orchestrator
+
+    class Recorder:
+        def __init__(self):
+            self.requests = []
+
+        def generate(self, requests):
+            self.requests += list(requests)
+            return ["out"] * len(requests)
+
+        def close(self):
+            pass
+
+    alias_planner.routing = dataclasses.replace(alias_planner.routing, abstain=True, threshold=0.6)
+    plan = alias_planner.plan("Qqq zzz www.", "abc")
+    assert plan.steps[0].abstain and plan.steps[0].abstain.startswith("abstain: ")
+    assert type(plan).from_json(plan.to_json()) == plan
+    executor = Recorder()
+    orc = Orchestrator(alias_planner, executor)
+    result = orc.run("Qqq zzz www.", "abc")
+    assert result.output == "" and executor.requests == []
+    assert "no brick or base skill serves this step (abstain: " in result.steps[0].error
+    assert orc.run("Apply a Caesar shift of one.", "abc").output == "out"  # others run as ever

@@ -31,6 +31,16 @@ log = logging.getLogger(__name__)
 _ids = itertools.count()
 
 
+def _cumulative():
+    """vLLM's RequestOutputKind.CUMULATIVE (every output holds all tokens so far); a plain marker without vLLM,
+    for fake engines in tests."""
+    try:
+        from vllm.sampling_params import RequestOutputKind
+    except ImportError:
+        return "cumulative"
+    return RequestOutputKind.CUMULATIVE
+
+
 @dataclass
 class LoopStats:
     """What the loop has done: requests added, those added while others were running (they joined a running
@@ -66,6 +76,7 @@ class EngineLoop:
         self._running: dict[str, _Running] = {}
         self._waiting_calls: list[_Call] = []
         self._idle_wait_s = idle_wait_s
+        self._output_kind = _cumulative()
         self._closed = threading.Event()
         self.stats = LoopStats()
         self._thread = threading.Thread(target=self._run, name="brickwork-vllm-engine", daemon=True)
@@ -150,9 +161,7 @@ class EngineLoop:
     def _add(self, prompt, params, lora, on_delta, future: Future) -> None:
         if not future.set_running_or_notify_cancel():
             return
-        from vllm.sampling_params import RequestOutputKind
-
-        params.output_kind = RequestOutputKind.CUMULATIVE
+        params.output_kind = self._output_kind
         rid = f"brickwork-{next(_ids)}"
         try:
             self._engine.add_request(rid, prompt, params, lora_request=lora)
