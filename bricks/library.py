@@ -65,6 +65,18 @@ class LibraryConfig(BaseModel):
         return self
 
 
+def _read_config(file: Path) -> LibraryConfig:
+    """`library.json` parsed and validated; LibraryError naming every problem of a corrupt one."""
+    try:
+        return LibraryConfig.model_validate(json.loads(file.read_text(encoding="utf-8")))
+    except ValidationError as e:
+        detail = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'settings'}: {err['msg']}"
+                           for err in e.errors())
+        raise LibraryError(f"{file}: corrupt library file ({detail})") from None
+    except ValueError as e:
+        raise LibraryError(f"{file}: corrupt library file ({str(e).splitlines()[0]})") from None
+
+
 @dataclass(frozen=True)
 class VerifyReport:
     """What `Library.verify` found: the bricks checked, one line per problem, and leftovers of interrupted writes."""
@@ -108,15 +120,7 @@ class Library(LibraryWrites):
         file = path / LIBRARY_FILE
         if not file.is_file():
             raise LibraryError(f"{str(path)!r} is not a brick library (no {LIBRARY_FILE})")
-        try:
-            config = LibraryConfig.model_validate(json.loads(file.read_text(encoding="utf-8")))
-        except ValidationError as e:
-            detail = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'settings'}: {err['msg']}"
-                               for err in e.errors())
-            raise LibraryError(f"{file}: corrupt library file ({detail})") from None
-        except ValueError as e:
-            raise LibraryError(f"{file}: corrupt library file ({str(e).splitlines()[0]})") from None
-        return cls(path, config)
+        return cls(path, _read_config(file))
 
     @classmethod
     def create(cls, path: Path, base_model: BaseModelRef, base_examples: list[str] | tuple[str, ...] = (), *,
@@ -215,8 +219,8 @@ class Library(LibraryWrites):
         if not self.changed():
             return False
         try:  # base_aliases may have changed (set_base_aliases); a damaged file keeps the config read before
-            self.config = LibraryConfig.model_validate(json.loads((self.path / LIBRARY_FILE).read_text("utf-8")))
-        except (OSError, ValueError, ValidationError) as e:
+            self.config = _read_config(self.path / LIBRARY_FILE)
+        except (OSError, LibraryError) as e:
             log.warning("keeping the library settings read before: %s", e)
         self._scan()
         return True

@@ -3,9 +3,9 @@
 Nearest-neighbour routing scores a route by its single most similar indexed text, so one stray phrasing of
 another brick can win an unseen wording. The head is a multinomial logistic regression fitted on every indexed
 text (labelled with the route it belongs to) over the same unit vectors: it weighs all of a route's texts at
-once and generalizes to wordings none of them has. `RouterHead.rerank` orders candidate routes by
-`max cosine + weight * probability`; the cosine stays the hit's score, so routing thresholds mean what they
-meant. Fitting takes well under a second for a few thousand texts (torch L-BFGS, deterministic); it is meant
+once and generalizes to wordings none of them has. `orchestrator.reranker.HeadReranker` orders candidate routes
+by `max cosine + RERANK_WEIGHT * probability`; the cosine stays the hit's score, so routing thresholds mean what
+they meant. Fitting takes well under a second for a few thousand texts (torch L-BFGS, deterministic); it is meant
 for indexes of up to a few thousand routes, where a class per route is cheap.
 """
 

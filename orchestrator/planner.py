@@ -103,8 +103,11 @@ class Planner:
         text the trained phrasing it stands for (an alias or description: the brick's first example)."""
         if not texts:
             return []
-        targets = self._alias_targets()
-        hits = self.index.search_many(self._queries(list(texts)), k)
+        return self._as_trained(self.index.search_many(self._queries(list(texts)), k), self._alias_targets())
+
+    @staticmethod
+    def _as_trained(hits: list[list[SearchHit]], targets: dict[tuple[str, str], str]) -> list[list[SearchHit]]:
+        """`hits` with each text replaced by the trained phrasing it stands for (see `_alias_targets`)."""
         return [[SearchHit(h.key, h.score, targets.get((h.key, h.text), h.text)) for h in found] for found in hits]
 
     def _search(self, parts: list[str], emergent: EmergentRoutes) -> list[list[SearchHit]]:
@@ -119,7 +122,7 @@ class Planner:
             hits = self.index.search_many(queries, k, hybrid=True, exclude=emergent.hidden)
         else:
             hits = self.index.search_many(queries, k + len(emergent.hidden))
-        return [[SearchHit(h.key, h.score, targets.get((h.key, h.text), h.text)) for h in found] for found in hits]
+        return self._as_trained(hits, targets)
 
     def _reranker(self, emergent: EmergentRoutes, targets: dict[tuple[str, str], str]):
         """The routing head of the current index and bricks (None for an index too large for one, or one

@@ -9,7 +9,7 @@ and the trained phrasing its best text stands for as its text.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 
 from index import SearchHit
 from index.router_head import RERANK_WEIGHT, RouterHead
@@ -25,6 +25,7 @@ class HeadReranker:
     def __init__(self, index, *, targets: Mapping[tuple[str, str], str], base_key: str,
                  base_group: Callable[[str], str], hidden: Collection[str], weight: float = RERANK_WEIGHT) -> None:
         import numpy as np
+        import torch
 
         keys, texts, vectors = index_vectors(index)
         self.weight = weight
@@ -38,8 +39,6 @@ class HeadReranker:
             labels.append(names.setdefault(name, len(names)))
             rows.append(i)
             self._texts.append((key, shown))
-        import torch
-
         self._vectors = torch.from_numpy(np.ascontiguousarray(vectors[rows], dtype=np.float32))  # [n, dim]
         self.classes = len(names)
         members = [[i for i, c in enumerate(labels) if c == k] for k in range(self.classes)]
@@ -83,10 +82,3 @@ def index_vectors(index) -> tuple[list[str], list[str], object]:
         vectors = index.embedder.embed(texts)
     return keys, texts, vectors
 
-
-def rerank_hits(reranker: HeadReranker | None, index, queries: Sequence[str], hits: list[list[SearchHit]],
-                k: int) -> list[list[SearchHit]]:
-    """`hits` reranked by `reranker` (None: unchanged)."""
-    if reranker is None or not queries:
-        return hits
-    return reranker.rerank(index.embedder.embed(list(queries)), k)
