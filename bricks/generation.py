@@ -30,12 +30,25 @@ def _oom_errors() -> tuple[type, ...]:
     return tuple(e for e in found if e is not None)
 
 
+def _stop_rows(chunk: list[int], cancelled: Callable[[int], bool], *others):
+    """`generate`'s stopping criteria: the given ones, and row r once `cancelled(chunk[r])` is true."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class CancelledRows(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):  # -> bool [B]: rows to finish now
+            return torch.tensor([cancelled(i) for i in chunk], dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([*others, CancelledRows()])
+
+
 def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 32, batch_size: int = 256,
                    do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                    batch_context: Callable[[list[int]], Any] | None = None,
                    streamer: Callable[[list[int]], Any] | None = None,
                    generate_kwargs: Mapping[str, Any] | None = None,
-                   fast_decode: FastDecode | None = None) -> list[str]:
+                   fast_decode: FastDecode | None = None,
+                   cancelled: Callable[[int], bool] | None = None) -> list[str]:
     """The completion of each prompt, without the prompt and without special tokens.
 
     Prompts are grouped by length so that a batch wastes little padding; results keep the input order.
@@ -44,7 +57,9 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     given, and `generate_kwargs` passed on to `generate`. `fast_decode` (bricks.fast_decode) adds the static
     KV cache and compiled decode step, decided per batch inside its context (where hooks turn compiling off).
     A batch that runs out of device memory is halved and retried, down to one row; one row that does not fit
-    raises GenerationOutOfMemoryError naming the batch size and the prompt length.
+    raises GenerationOutOfMemoryError naming the batch size and the prompt length. Once `cancelled(i)` is true
+    (prompt i's caller went away), row i stops at the next token and keeps what it wrote; a batch whose rows are
+    all cancelled before it starts is not run (their results are "").
     """
     import torch
 
@@ -61,6 +76,8 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     oom = _oom_errors()
 
     def run(chunk: list[int]) -> None:
+        if cancelled is not None and all(cancelled(i) for i in chunk):
+            return
         width = max(len(encoded[i]) for i in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -73,6 +90,8 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
             extra.update(generate_kwargs or {})
             if streamer is not None:
                 extra["streamer"] = streamer(chunk)
+            if cancelled is not None:
+                extra["stopping_criteria"] = _stop_rows(chunk, cancelled, *extra.get("stopping_criteria", ()))
             out = model.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
                 eos_token_id=tokenizer.eos_token_id, **sampling, **extra,

@@ -14,7 +14,7 @@ from orchestrator.executors.base import Executor, GenerationRequest, group_reque
 from orchestrator.library_index import library_stamp, open_index
 from orchestrator.plan import Decoding, Plan
 from orchestrator.planner import Planner
-from orchestrator.result import Result, StepTrace
+from orchestrator.result import CANCELLED, Result, StepTrace
 from orchestrator.validation import InputError
 from policies import Composition
 
@@ -140,12 +140,15 @@ class Orchestrator:
         self.follow_library()
         return self._run_plans([plan], [0.0])[0]
 
-    def run_plans(self, plans: Sequence[Plan], *, on_delta: StepDelta | None = None) -> list[Result]:
+    def run_plans(self, plans: Sequence[Plan], *, on_delta: StepDelta | None = None,
+                  cancelled: Callable[[int], bool] | None = None) -> list[Result]:
         """Run given plans together: steps of the same depth across all plans share batches.
 
         `on_delta(plan_index, step_index, text)`, when given, gets each step's new text as the executor writes
-        it (before the step's output is stripped of surrounding white space)."""
-        return self._run_plans(list(plans), [0.0] * len(plans), on_delta)
+        it (before the step's output is stripped of surrounding white space). Once `cancelled(plan_index)` is
+        true (the plan's caller went away), the plan runs no further step, its running step stops where the
+        executor can stop it (`cancellable` executors), and its result fails with CANCELLED."""
+        return self._run_plans(list(plans), [0.0] * len(plans), on_delta, cancelled)
 
     def run_batch(self, rows: Iterable[Mapping | Sequence | str]) -> list[Result]:
         """Plan and run many tasks together: steps of the same depth across all tasks share batches.
@@ -177,13 +180,13 @@ class Orchestrator:
                                    getattr(self.executor, "tokenizer", None), self.template)
         return template.render(step.model_instruction or step.instruction, text, plan.history)
 
-    def _generate_wave(self, requests: list[GenerationRequest], on_delta=None) -> list[str | Exception]:
+    def _generate_wave(self, requests: list[GenerationRequest], on_delta=None, cancelled=None) -> list[str | Exception]:
         """One executor call; if it fails, each brick configuration is retried alone (not streamed) so one bad
         step fails alone."""
+        stop = cancelled if cancelled is not None and getattr(self.executor, "cancellable", False) else None
         try:
-            if on_delta is not None:
-                return list(self.executor.generate(requests, on_delta=on_delta))
-            return list(self.executor.generate(requests))
+            kwargs = {k: v for k, v in (("on_delta", on_delta), ("cancelled", stop)) if v is not None}
+            return list(self.executor.generate(requests, **kwargs))
         except Exception as e:  # noqa: BLE001 (isolated below, reported on the failing steps)
             if len(requests) == 1:
                 return [e]
@@ -191,14 +194,19 @@ class Orchestrator:
         out: list[str | Exception] = [""] * len(requests)
         for idx in group_requests(requests).values():
             try:
-                texts: list[str | Exception] = list(self.executor.generate([requests[i] for i in idx]))
+                if stop is not None:
+                    texts: list[str | Exception] = list(self.executor.generate(
+                        [requests[i] for i in idx], cancelled=lambda k, idx=idx: stop(idx[k])))
+                else:
+                    texts = list(self.executor.generate([requests[i] for i in idx]))
             except Exception as e:  # noqa: BLE001
                 texts = [e] * len(idx)
             for i, text in zip(idx, texts):
                 out[i] = text
         return out
 
-    def _generate_checked(self, requests: list[GenerationRequest], on_delta=None) -> list[str | Exception]:
+    def _generate_checked(self, requests: list[GenerationRequest], on_delta=None, cancelled=None
+                          ) -> list[str | Exception]:
         """`_generate_wave` for the requests the executor can take; the others (a prompt longer than the model's
         context) get their own error and are never submitted."""
         prompt_problems = getattr(self.executor, "prompt_problems", None)  # optional in the Executor protocol
@@ -207,12 +215,13 @@ class Orchestrator:
         ok = [i for i, p in enumerate(problems) if p is None]
         if ok:
             sink = None if on_delta is None else (lambda j, text: on_delta(ok[j], text))
-            for i, text in zip(ok, self._generate_wave([requests[i] for i in ok], sink)):
+            stop = None if cancelled is None else (lambda j: cancelled(ok[j]))
+            for i, text in zip(ok, self._generate_wave([requests[i] for i in ok], sink, stop)):
                 out[i] = text
         return out
 
-    def _run_plans(self, plans: Sequence[Plan], plan_ms: Sequence[float], on_delta: StepDelta | None = None
-                   ) -> list[Result]:
+    def _run_plans(self, plans: Sequence[Plan], plan_ms: Sequence[float], on_delta: StepDelta | None = None,
+                   cancelled: Callable[[int], bool] | None = None) -> list[Result]:
         outputs: list[list[str | None]] = [[None] * len(p.steps) for p in plans]
         errors: list[list[str | None]] = [[None] * len(p.steps) for p in plans]
         inputs: list[list[str]] = [[""] * len(p.steps) for p in plans]
@@ -230,6 +239,9 @@ class Orchestrator:
                 if src is not None and errors[pi][src] is not None:
                     errors[pi][si] = f"not run: its input, step {src}, failed"
                     continue
+                if cancelled is not None and cancelled(pi):
+                    errors[pi][si] = CANCELLED
+                    continue
                 if plans[pi].steps[si].abstain:
                     errors[pi][si] = f"no brick or base skill serves this step ({plans[pi].steps[si].abstain})"
                     continue
@@ -243,10 +255,13 @@ class Orchestrator:
                 requests.append(GenerationRequest(prompt, plans[pi].steps[si].config, plans[pi].steps[si].decoding))
             t = time.perf_counter()
             sink = None if on_delta is None else (lambda j, text, at=tuple(runnable): on_delta(*at[j], text))
-            texts = self._generate_checked(requests, sink)
+            stop = None if cancelled is None else (lambda j, at=tuple(runnable): cancelled(at[j][0]))
+            texts = self._generate_checked(requests, sink, stop)
             wave_ms = (time.perf_counter() - t) * 1000
             for (pi, si), text in zip(runnable, texts):
-                if isinstance(text, Exception):
+                if cancelled is not None and cancelled(pi):
+                    errors[pi][si] = CANCELLED
+                elif isinstance(text, Exception):
                     errors[pi][si] = f"{type(text).__name__}: {text}".splitlines()[0]
                 else:
                     outputs[pi][si] = text.strip()

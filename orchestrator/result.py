@@ -6,7 +6,9 @@ from pydantic import BaseModel, ConfigDict
 
 from orchestrator.plan import BrickRef, Plan
 
-__all__ = ["StepTrace", "Result"]
+__all__ = ["StepTrace", "Result", "CANCELLED"]
+
+CANCELLED = "cancelled: the caller went away"  # the error of a step not run (or stopped) for that reason
 
 
 class StepTrace(BaseModel):

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bricks.generation import generate_texts
+from bricks.lora.base_only import BaseOnly
 from bricks.lora.merge_cache import MergeCache, MergeStats
 from bricks.lora.multi import UnsupportedMixedLoraError
 from bricks.model_io import load_model, load_tokenizer
@@ -40,6 +41,11 @@ def _by_decoding(requests: Sequence[GenerationRequest]) -> dict[Decoding, list[l
     for (_, decoding), idx in group_requests(requests).items():
         out.setdefault(decoding, []).append(idx)
     return out
+
+
+def _local(idx: list[int], cancelled: Callable[[int], bool] | None) -> Callable[[int], bool] | None:
+    """`cancelled` for the requests `idx` (a batch's rows are positions in `idx`)."""
+    return None if cancelled is None else (lambda k: cancelled(idx[k]))
 
 
 def _one_pass_kinds(config: BrickConfig) -> bool:
@@ -74,6 +80,7 @@ class TransformersExecutor:
     """
 
     name = "transformers"
+    cancellable = True  # generate takes `cancelled`: rows whose caller went away stop at their next token
 
     def __init__(self, model_dir: Path, library, *, dtype: str = "auto", batch_size: int = 256,
                  trust_remote_code: bool = False, merge_seed: int = 0, compact: bool = True,
@@ -106,6 +113,7 @@ class TransformersExecutor:
         self.one_pass_stats = {"batches": 0, "configs": 0, "fallbacks": 0}
         self.fast_decode = fast_decode or FastDecode()  # static KV cache + compiled decode: on a GPU by default
         self.compact_cache = CompactCache(compact_cache_bytes)  # compact FFN matrices, built once per mask
+        self._base_switch = BaseOnly()  # LoRA layers off, found once per set of loaded adapters
 
     @property
     def model_config(self):
@@ -191,8 +199,8 @@ class TransformersExecutor:
 
     # -- Executor ---------------------------------------------------------------------------------------
     def _base_only(self):
-        """A context in which no LoRA adapter is applied (PEFT's `disable_adapter` once any is loaded)."""
-        return self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else contextlib.nullcontext()
+        """A context in which no LoRA adapter is applied (`bricks.lora.base_only`)."""
+        return self._base_switch(self.model)
 
     def _masks(self, config: BrickConfig) -> dict | None:
         """The combined mask of `config`'s emergent bricks, FFN neurons or MoE experts (loaded once per brick),
@@ -238,9 +246,11 @@ class TransformersExecutor:
         if problems:
             raise UnsupportedConfigError("transformers executor cannot run: " + "; ".join(sorted(problems)))
 
-    def generate(self, requests: Sequence[GenerationRequest], *, on_delta: DeltaCallback | None = None) -> list[str]:
+    def generate(self, requests: Sequence[GenerationRequest], *, on_delta: DeltaCallback | None = None,
+                 cancelled: Callable[[int], bool] | None = None) -> list[str]:
         """The completion of each request, in order; `on_delta(i, text)` gets request i's new text as its tokens
-        come, when given (the deltas of a request add up to its completion)."""
+        come, when given (the deltas of a request add up to its completion). Once `cancelled(i)` is true (request
+        i's caller went away), request i stops at its next token and its text so far is returned."""
         self.check(requests)
         out: list[str] = [""] * len(requests)
         with self._lock:
@@ -252,7 +262,7 @@ class TransformersExecutor:
                     idx = [i for g in groups for i in g]
                     try:
                         texts = self._generate_one_pass([requests[i] for i in idx], kwargs,
-                                                        self._streamer(idx, on_delta))
+                                                        self._streamer(idx, on_delta), _local(idx, cancelled))
                     except UnsupportedMixedLoraError as e:  # raised before any token: run the groups one by one
                         log.info("one-pass batch not possible (%s); running each configuration alone", e)
                         self.one_pass_stats["fallbacks"] += 1
@@ -261,13 +271,16 @@ class TransformersExecutor:
                             out[i] = text
                         continue
                 for idx in groups:
+                    if cancelled is not None and all(cancelled(i) for i in idx):
+                        continue
                     config = requests[idx[0]].config
                     adapter = self._activate(config)
                     prompts = [requests[i].prompt for i in idx]
                     off = self._base_only() if adapter is None else contextlib.nullcontext()
                     with off, self._ffn_context(config, adapter):
                         texts = generate_texts(self.model, self.tokenizer, prompts, streamer=self._streamer(idx, on_delta),
-                                               fast_decode=self.fast_decode, **kwargs)
+                                               fast_decode=self.fast_decode, cancelled=_local(idx, cancelled),
+                                               **kwargs)
                     for i, text in zip(idx, texts):
                         out[i] = text
         return out
@@ -289,7 +302,8 @@ class TransformersExecutor:
         sent: dict[int, str] = {}  # shared: a batch split and run again (out of memory) sends nothing twice
         return lambda chunk: RowStreamer(self.tokenizer, [idx[c] for c in chunk], on_delta, sent=sent)
 
-    def _generate_one_pass(self, requests: Sequence[GenerationRequest], kwargs: dict, streamer=None) -> list[str]:
+    def _generate_one_pass(self, requests: Sequence[GenerationRequest], kwargs: dict, streamer=None,
+                           cancelled: Callable[[int], bool] | None = None) -> list[str]:
         """Requests of several brick configurations in the same batches: each row gathers its own LoRA adapter
         (`bricks.lora.multi`) and neuron mask (`bricks.emergent.row_masks`)."""
         from bricks.emergent.row_masks import row_masks
@@ -314,7 +328,7 @@ class TransformersExecutor:
         # not compiled: the per-row tensors are made per batch (and masks are hooks, which a compiled step ignores)
         return generate_texts(self.model, self.tokenizer, [r.prompt for r in requests], batch_context=rows,
                               streamer=streamer, fast_decode=dataclasses.replace(self.fast_decode, compile=False),
-                              **kwargs)
+                              cancelled=cancelled, **kwargs)
 
     def _stack(self, needed: Sequence[str]):
         """The loaded adapters stacked for one-pass batches (rebuilt when adapters are loaded or deleted); only

@@ -116,3 +116,20 @@ def test_large_groups_run_grouped(transformers_executor, expected, monkeypatch):
     before = dict(transformers_executor.one_pass_stats)
     assert transformers_executor.generate(CASES["lora"]) == expected["lora"]
     assert transformers_executor.one_pass_stats == before
+
+
+@pytest.mark.parametrize("case", ["lora", "mixed"])
+def test_requests_whose_caller_went_away_stop_and_the_others_match(executor, expected, case):
+    reqs, want = CASES[case], expected[case]
+    first, second = [i for i, w in enumerate(want) if len(w) >= 4][:2]
+    gone = {first}  # its caller left before the call; the second's leaves after its first text
+
+    def on_delta(i, text):
+        if i == second:
+            gone.add(second)
+
+    out = executor.generate(reqs, on_delta=on_delta, cancelled=gone.__contains__)
+    assert executor.cancellable
+    for i in (first, second):
+        assert want[i].startswith(out[i]) and len(out[i]) < len(want[i]), (i, out[i], want[i])
+    assert [o for i, o in enumerate(out) if i not in gone] == [w for i, w in enumerate(want) if i not in gone]

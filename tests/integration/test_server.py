@@ -280,11 +280,11 @@ def _hold(server):
     batcher = server.state.batcher
     real, gate, started, seen = batcher.process, threading.Event(), threading.Event(), []
 
-    def held(jobs):
+    def held(jobs, *gone):
         seen.append(len(jobs))
         started.set()
         gate.wait(10)
-        return real(jobs)
+        return real(jobs, *gone)
 
     batcher.process = held
 
@@ -343,6 +343,33 @@ def test_a_client_that_disconnects_is_dropped(server):
     first.join(10)
     assert _post(server, "Reverse the text.\nInput: window").json()["choices"][0]["message"]["content"] == "wodniw"
     assert stats.dropped == dropped + 1 and seen[:1] == [1]
+
+
+def test_a_job_whose_client_left_while_its_batch_ran_is_not_generated(server):
+    executor = server.state.orc.executor
+    real_generate, calls = executor.generate, []
+
+    def counting(requests, **kw):
+        calls.append(len(requests))
+        return real_generate(requests, **kw)
+
+    executor.generate = counting
+    dropped = server.state.batcher.stats.dropped
+    gate, started, seen, restore = _hold(server)
+    try:
+        with pytest.raises(httpx.TimeoutException):  # its batch starts, then waits at the gate; the client leaves
+            _post(server, "Reverse the text.\nInput: gone", timeout=0.5)
+        assert started.is_set()
+        time.sleep(0.2)
+    finally:
+        restore()
+        deadline = time.time() + 10
+        while server.state.batcher.stats.dropped == dropped and time.time() < deadline:
+            time.sleep(0.05)
+        executor.generate = real_generate
+    assert server.state.batcher.stats.dropped == dropped + 1 and seen == [1]
+    assert calls == []  # the batch was told its caller went away: no step of its plan ran
+    assert httpx.get(server.url + "/health").json()["dropped"] == dropped + 1
 
 
 # -- models, health, metrics, admin -------------------------------------------------------------------------

@@ -117,3 +117,21 @@ def test_close_fails_what_is_running_and_refuses_more():
     with pytest.raises(RuntimeError, match="closed"):
         loop.submit("x", _params())
     assert not threading.current_thread().name.startswith("brickwork-vllm")
+
+
+def test_a_request_whose_caller_went_away_is_aborted_and_keeps_its_text(loop):
+    gone = threading.Event()
+    deltas = []
+
+    def sink(text):
+        deltas.append(text)
+        if len(deltas) == 3:
+            gone.set()  # the caller leaves after three characters
+
+    left = loop.submit("q" * 500, _params(), on_delta=sink, cancelled=gone.is_set)
+    stays = loop.submit("r" * 20, _params(), cancelled=lambda: False)
+    text = left.result(30)
+    assert text == "qqq" and loop.stats.aborted == 1 and len(loop.engine.aborted) == 1
+    assert stays.result(30) == "r" * 20  # the other request ran to its end
+    never = loop.submit("s" * 10, _params(), cancelled=lambda: True)
+    assert never.result(30) == "" and loop.stats.added == 2  # gone before it was added: never reaches the engine

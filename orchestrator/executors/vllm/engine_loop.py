@@ -7,8 +7,9 @@ the engine's batches as vLLM's scheduler allows. Everything else that touches th
 through `call` (mask registration, adapter removal), or through `call(..., exclusive=True)` once no request is
 running (`LLM.generate` for constrained decoding, which would otherwise take other requests' outputs).
 
-A request whose future was cancelled before the loop took it is never added; an engine error fails every
-running request.
+A request whose future was cancelled before the loop took it is never added. A request whose `cancelled()`
+turns true (its caller went away) is aborted in the engine before the next step, and its future gets the text
+written so far. An engine error fails every running request.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class LoopStats:
 
     added: int = 0
     joined: int = 0
+    aborted: int = 0  # requests whose caller went away while they ran
     steps: int = 0
     peak_running: int = 0
 
@@ -57,6 +59,7 @@ class _Running:
     future: Future
     text: TextDeltas
     on_delta: Callable[[str], None] | None = None
+    cancelled: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -83,13 +86,16 @@ class EngineLoop:
         self._thread.start()
 
     # -- callers ------------------------------------------------------------------------------------------
-    def submit(self, prompt, params, lora=None, on_delta: Callable[[str], None] | None = None) -> Future:
+    def submit(self, prompt, params, lora=None, on_delta: Callable[[str], None] | None = None,
+               cancelled: Callable[[], bool] | None = None) -> Future:
         """Add one request (a vLLM prompt, its SamplingParams, a LoRARequest or None); the future's result is its
-        whole text. `on_delta(text)` gets the new text as the engine writes it (called on the loop's thread)."""
+        whole text. `on_delta(text)` gets the new text as the engine writes it (called on the loop's thread).
+        `cancelled()`, checked before every step, says the caller went away: the request is aborted and the
+        future gets the text so far."""
         if self._closed.is_set():
             raise RuntimeError("the vLLM engine loop is closed")
         future: Future = Future()
-        self._inbox.put(("add", (prompt, params, lora, on_delta, future)))
+        self._inbox.put(("add", (prompt, params, lora, on_delta, cancelled, future)))
         return future
 
     def call(self, fn: Callable[[Any], Any], *, exclusive: bool = False) -> Any:
@@ -126,6 +132,8 @@ class EngineLoop:
                         self._add(*item)
                     pending_adds.clear()
                 if self._running:
+                    self._abort_cancelled()
+                if self._running:
                     self._step()
             except BaseException as e:  # noqa: BLE001 - an engine failure fails its requests, not the loop
                 log.error("vLLM engine loop: %s", e)
@@ -158,8 +166,11 @@ class EngineLoop:
         except BaseException as e:  # noqa: BLE001 - handed to the caller
             call.future.set_exception(e)
 
-    def _add(self, prompt, params, lora, on_delta, future: Future) -> None:
+    def _add(self, prompt, params, lora, on_delta, cancelled, future: Future) -> None:
         if not future.set_running_or_notify_cancel():
+            return
+        if cancelled is not None and cancelled():
+            future.set_result("")
             return
         params.output_kind = self._output_kind
         rid = f"brickwork-{next(_ids)}"
@@ -170,8 +181,19 @@ class EngineLoop:
             return
         self.stats.added += 1
         self.stats.joined += bool(self._running)
-        self._running[rid] = _Running(future, TextDeltas(self._tokenizer), on_delta)
+        self._running[rid] = _Running(future, TextDeltas(self._tokenizer), on_delta, cancelled)
         self.stats.peak_running = max(self.stats.peak_running, len(self._running))
+
+    def _abort_cancelled(self) -> None:
+        gone = [rid for rid, run in self._running.items() if run.cancelled is not None and run.cancelled()]
+        if not gone:
+            return
+        self._engine.abort_request(gone)
+        for rid in gone:
+            run = self._running.pop(rid)
+            if not run.future.done():
+                run.future.set_result(run.text.sent)
+        self.stats.aborted += len(gone)
 
     def _step(self) -> None:
         outputs = self._engine.step()

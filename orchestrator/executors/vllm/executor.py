@@ -84,6 +84,7 @@ class VllmExecutor:
 
     name = "vllm"
     concurrent = True  # generate may be called from several threads at once: their requests share the engine
+    cancellable = True  # generate takes `cancelled`: requests whose caller went away are aborted
 
     def __init__(self, model_dir: Path, library, *, dtype: str = "auto", max_loras: int | None = None,
                  max_lora_rank: int | None = None, max_cpu_loras: int | None = None, max_model_len: int | None = None,
@@ -303,9 +304,10 @@ class VllmExecutor:
                               max_tokens=decoding.max_new_tokens, detokenize=False,  # decoded here, once
                               extra_args={"brickwork_mask": mask_slot} if mask_slot else None)
 
-    def generate(self, requests: Sequence[GenerationRequest], *, on_delta=None) -> list[str]:
+    def generate(self, requests: Sequence[GenerationRequest], *, on_delta=None, cancelled=None) -> list[str]:
         """The completion of each request, in order; `on_delta(i, text)` gets request i's new text as the engine
-        writes it, when given (the deltas of a request add up to its completion).
+        writes it, when given (the deltas of a request add up to its completion). Once `cancelled(i)` is true
+        (request i's caller went away), request i is aborted in the engine and its text so far returned.
 
         Calls from several threads run at once: their requests join the engine's running batches (see
         `engine_loop`). A call with more than `max_masks` masks is admitted in parts, each once its masks fit
@@ -321,7 +323,7 @@ class VllmExecutor:
             parts = _mask_parts(requests, self.max_masks)
             try:
                 for part in parts:
-                    futures += self._submit(requests, part, loras, on_delta)
+                    futures += self._submit(requests, part, loras, on_delta, cancelled)
                 done = [f.result() for f in futures]
             except BaseException:
                 for f in futures:
@@ -332,7 +334,8 @@ class VllmExecutor:
             outs[i] = text
         return outs
 
-    def _submit(self, requests: Sequence[GenerationRequest], part: list[int], loras: list, on_delta) -> list[Future]:
+    def _submit(self, requests: Sequence[GenerationRequest], part: list[int], loras: list, on_delta,
+                cancelled=None) -> list[Future]:
         """Admit `part`'s masks (`MaskSlots`: registered and pinned until each request ends) and hand its requests
         to the engine loop."""
         from vllm.inputs import TokensPrompt
@@ -348,7 +351,8 @@ class VllmExecutor:
                 prompt["cache_salt"] = r.config.mask_key
             params = self._sampling(r.decoding, self._masks.slots[r.config.mask_key] if r.config.masks else 0)
             sink = None if on_delta is None else (lambda text, i=i: on_delta(i, text))
-            future = self._loop.submit(prompt, params, loras[i], sink)
+            gone = None if cancelled is None else (lambda i=i: cancelled(i))
+            future = self._loop.submit(prompt, params, loras[i], sink, gone)
             if r.config.masks:
                 future.add_done_callback(lambda _, key=r.config.mask_key: self._masks.release({key: 1}))
             futures.append(future)

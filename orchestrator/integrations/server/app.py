@@ -90,7 +90,8 @@ class ServerState:
         self.runner = Runner(self.orc, max_plan_steps=self.config.max_plan_steps)
         self.batcher = MicroBatcher(self.runner, max_batch=self.config.max_batch, wait_ms=self.config.batch_wait_ms,
                                     max_queue=self.config.max_queue, on_batch=self.metrics.observe_batch,
-                                    max_concurrent=self.config.concurrent_batches if self.runner.concurrent else 1)
+                                    max_concurrent=self.config.concurrent_batches if self.runner.concurrent else 1,
+                                    tell_gone=True)
         await self.batcher.start()
 
     async def close(self) -> None:
@@ -225,11 +226,13 @@ def create_app(config: ServerConfig | None = None, orchestrator=None, *, close_o
     async def health() -> Health:
         """Liveness and load; needs no key."""
         b = state.batcher
+        loop = getattr(state.orc.executor, "loop_stats", None)
         return Health(executor=type(state.orc.executor).__name__, bricks=len(state.orc.planner.library.list()),
                       queued=b.depth if b else 0, batches=b.stats.batches if b else 0,
                       mean_batch=round(b.stats.mean_batch, 3) if b else 0.0,
                       concurrent_batches=b.max_concurrent if b else 1,
-                      engine_joined=getattr(getattr(state.orc.executor, "loop_stats", None), "joined", None))
+                      engine_joined=getattr(loop, "joined", None), dropped=b.stats.dropped if b else 0,
+                      engine_aborted=getattr(loop, "aborted", None))
 
     @app.get("/metrics", dependencies=[api_key])
     async def metrics() -> Response:

@@ -10,8 +10,10 @@ more where calls share the engine's running batches, as vLLM's do); while they r
 next batch. A batch is the first waiting job plus whatever else is waiting, and then what arrives
 within `wait_ms`, up to `max_batch`, while the batch is smaller than the clients seen: the jobs of the last batch
 (their callers may be about to send their next ones) plus those that were already waiting when it ended. A lone
-caller's job therefore runs at once, and under load the waves of callers merge into full batches. A job whose caller went away (its future cancelled) before its batch formed is never run; one
-cancelled while its batch runs has its result dropped.
+caller's job therefore runs at once, and under load the waves of callers merge into full batches. A job whose
+caller went away (its future cancelled) before its batch formed is never run; one cancelled while its batch runs
+has its result dropped, and with `tell_gone` the batch function is told (`process(jobs, gone)`, `gone(i)`) so
+that it can stop that job's work.
 """
 
 from __future__ import annotations
@@ -60,8 +62,8 @@ class BatchStats:
 class MicroBatcher(Generic[J]):
     """Collects jobs into batches for `process` (see the module docstring)."""
 
-    def __init__(self, process: Callable[[list[J]], Sequence[Any]], *, max_batch: int = 32, wait_ms: float = 5.0,
-                 max_queue: int = 256, max_concurrent: int = 1,
+    def __init__(self, process: Callable[..., Sequence[Any]], *, max_batch: int = 32, wait_ms: float = 5.0,
+                 max_queue: int = 256, max_concurrent: int = 1, tell_gone: bool = False,
                  on_batch: Callable[[int, float], None] | None = None) -> None:
         if max_batch < 1 or max_queue < 1 or wait_ms < 0 or max_concurrent < 1:
             raise ConfigError(f"max_batch {max_batch}, max_queue {max_queue} and max_concurrent {max_concurrent} must "
@@ -72,6 +74,7 @@ class MicroBatcher(Generic[J]):
         self.max_queue = max_queue
         self.max_concurrent = max_concurrent
         self.on_batch = on_batch
+        self.tell_gone = tell_gone  # process(jobs, gone): gone(i) is true once job i's caller went away
         self.stats = BatchStats()
         self._items: deque[_Item[J]] = deque()
         self._arrived: asyncio.Event | None = None
@@ -174,7 +177,11 @@ class MicroBatcher(Generic[J]):
     async def _run_batch(self, live: list[_Item[J]]) -> None:
         t0 = time.perf_counter()
         try:
-            results = await asyncio.to_thread(self.process, [item.job for item in live])
+            jobs = [item.job for item in live]
+            if self.tell_gone:
+                results = await asyncio.to_thread(self.process, jobs, lambda i: live[i].future.cancelled())
+            else:
+                results = await asyncio.to_thread(self.process, jobs)
             if len(results) != len(live):
                 raise RuntimeError(f"batch function returned {len(results)} results for {len(live)} jobs")
         except asyncio.CancelledError:

@@ -213,39 +213,41 @@ class Runner:
 
         return on_delta
 
-    def _run(self, plans: list[Plan], sinks: Sequence[Callable[[str], None] | None] = ()) -> list[Result | Exception]:
-        on_delta = self._on_delta(plans, sinks)
+    def _run(self, plans: list[Plan], sinks: Sequence[Callable[[str], None] | None] = (),
+             gone: Callable[[int], bool] | None = None) -> list[Result | Exception]:
+        extra = {k: v for k, v in (("on_delta", self._on_delta(plans, sinks)), ("cancelled", gone)) if v is not None}
         try:
-            if on_delta is not None:
-                return list(self.orc.run_plans(plans, on_delta=on_delta))
-            return list(self.orc.run_plans(plans))
+            return list(self.orc.run_plans(plans, **extra))
         except Exception:  # noqa: BLE001 (run each alone so that each gets its own error)
             if len(plans) == 1:
                 raise
             log.warning("a shared run of %d plans failed; running each alone", len(plans), exc_info=True)
         out: list[Result | Exception] = []
-        for plan in plans:
+        for i, plan in enumerate(plans):
             try:
-                out.append(self.orc.run_plans([plan])[0])
+                alone = {} if gone is None else {"cancelled": lambda _, i=i: gone(i)}
+                out.append(self.orc.run_plans([plan], **alone)[0])
             except Exception as e:  # noqa: BLE001
                 out.append(e)
         return out
 
-    def _run_seeded(self, plan: Plan, seed: int, sink=None) -> Result | Exception:
+    def _run_seeded(self, plan: Plan, seed: int, sink=None, gone: Callable[[], bool] | None = None
+                    ) -> Result | Exception:
         import torch
 
-        on_delta = self._on_delta([plan], [sink])
+        extra = {k: v for k, v in (("on_delta", self._on_delta([plan], [sink])),
+                                   ("cancelled", None if gone is None else (lambda _: gone()))) if v is not None}
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                if on_delta is not None:
-                    return self.orc.run_plans([plan], on_delta=on_delta)[0]
-                return self.orc.run_plans([plan])[0]
+                return self.orc.run_plans([plan], **extra)[0]
         except Exception as e:  # noqa: BLE001
             return e
 
-    def __call__(self, jobs: Sequence[Job]) -> list[Outcome | Exception]:
-        """Plan and run `jobs` together; one Outcome or exception per job, in order."""
+    def __call__(self, jobs: Sequence[Job], gone: Callable[[int], bool] | None = None) -> list[Outcome | Exception]:
+        """Plan and run `jobs` together; one Outcome or exception per job, in order. Once `gone(i)` is true (job
+        i's caller went away), job i's plan runs no further and its running step stops where the executor can
+        stop it."""
         stale = getattr(self.orc, "library_stale", None)
         if stale is None or stale():  # pick up bricks changed on disk, with no batch running
             with self.lock:
@@ -259,12 +261,15 @@ class Runner:
             plans = self._plans(jobs)
             results: list[Result | Exception | None] = [p if isinstance(p, Exception) else None for p in plans]
             shared = [i for i, p in enumerate(plans) if isinstance(p, Plan) and not self._seeded(jobs[i], p)]
-            ran = self._run([plans[i] for i in shared], [jobs[i].sink for i in shared]) if shared else []  # type: ignore[misc]
+            shared_gone = None if gone is None else (lambda k: gone(shared[k]))
+            ran = (self._run([plans[i] for i in shared], [jobs[i].sink for i in shared], shared_gone)  # type: ignore[misc]
+                   if shared else [])
             for i, result in zip(shared, ran):
                 results[i] = result
             for i, plan in enumerate(plans):
                 if results[i] is None and isinstance(plan, Plan):
-                    results[i] = self._run_seeded(plan, jobs[i].seed, jobs[i].sink)  # type: ignore[arg-type]
+                    results[i] = self._run_seeded(plan, jobs[i].seed, jobs[i].sink,  # type: ignore[arg-type]
+                                                  None if gone is None else (lambda i=i: gone(i)))
             return self._outcomes(results)  # type: ignore[arg-type]
 
     @staticmethod

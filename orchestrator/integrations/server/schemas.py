@@ -223,6 +223,8 @@ class Health(BaseModel):
     mean_batch: float
     concurrent_batches: int = 1  # batches that may run at once
     engine_joined: int | None = None  # vLLM: requests that joined a running engine batch (None: no engine loop)
+    dropped: int = 0  # jobs whose caller went away: never run, or stopped while their batch ran
+    engine_aborted: int | None = None  # vLLM: requests aborted in the engine because their caller went away
 
 
 class AdminBrickRequest(_Strict):

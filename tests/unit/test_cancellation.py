@@ -1,0 +1,97 @@
+"""Work whose caller went away stops: the batcher tells its batch function, the Runner passes it on as
+`cancelled`, and the Orchestrator runs no further step of that plan and tells executors that can stop a request."""
+
+import asyncio
+import threading
+from types import SimpleNamespace
+
+from orchestrator.api import Orchestrator
+from orchestrator.integrations.server.batcher import MicroBatcher
+from orchestrator.integrations.server.runner import Job, Runner
+from orchestrator.plan import Plan, Step
+from orchestrator.result import CANCELLED
+
+
+def _plan(word: str) -> Plan:
+    return Plan(instruction="x", input=word, steps=(Step(instruction="s0"), Step(instruction="s1", input_from=0),
+                                                    Step(instruction="s2", input_from=1)))
+
+
+class StoppableExecutor:
+    """Upper-cases its prompt's input; records each call's prompts and whether it was told who went away."""
+
+    name = "fake"
+    model_config = None
+    cancellable = True
+
+    def __init__(self, on_call=None):
+        self.calls, self.on_call = [], on_call
+
+    def generate(self, requests, cancelled=None):
+        self.calls.append(([r.prompt.split("In: ")[1].split("\n")[0] for r in requests], cancelled))
+        if self.on_call is not None:
+            self.on_call(len(self.calls))
+        return ["" if cancelled and cancelled(i) else r.prompt.split("In: ")[1].split("\n")[0].upper() + "!"
+                for i, r in enumerate(requests)]
+
+    def close(self):
+        pass
+
+
+def test_a_cancelled_plan_runs_no_further_step():
+    gone = set()
+    executor = StoppableExecutor(on_call=lambda n: gone.add(1) if n == 1 else None)  # plan 1 leaves during wave 1
+    orc = Orchestrator(planner=SimpleNamespace(library=None), executor=executor)
+    kept, left = orc.run_plans([_plan("ab"), _plan("cd")], cancelled=gone.__contains__)
+    assert kept.error is None and kept.output == "AB!!!"
+    assert left.error == f"step 0 failed: {CANCELLED}" and left.steps[0].error == CANCELLED
+    assert [prompts for prompts, _ in executor.calls] == [["ab", "cd"], ["AB!"], ["AB!!"]]  # plan 1: one wave only
+    assert all(told is not None for _, told in executor.calls)
+    assert executor.calls[0][1](1) and not executor.calls[0][1](0)  # the executor saw who went away
+
+
+def test_an_executor_that_cannot_stop_requests_is_not_told():
+    class Plain(StoppableExecutor):
+        cancellable = False
+
+        def generate(self, requests):  # no `cancelled` parameter: passing one would fail
+            return super().generate(requests)
+
+    orc = Orchestrator(planner=SimpleNamespace(library=None), executor=Plain())
+    assert orc.run_plans([_plan("ab")], cancelled=lambda i: False)[0].output == "AB!!!"
+
+
+def test_the_batcher_tells_the_runner_who_went_away():
+    seen = {}
+    started, release = threading.Event(), threading.Event()
+
+    class Orc:
+        planner = SimpleNamespace(library=None, plan_many=None, routing=None, composition=None)
+        executor = None
+
+        def run_plans(self, plans, cancelled=None):
+            started.set()
+            release.wait(5)
+            seen["gone"] = [cancelled(i) for i in range(len(plans))]
+            return [SimpleNamespace(error=CANCELLED if cancelled(i) else None) for i in range(len(plans))]
+
+    runner = Runner(Orc())
+    runner._outcomes = lambda results: results  # token counts are beside the point here
+
+    async def main():
+        b = MicroBatcher(runner, max_batch=8, wait_ms=20, tell_gone=True)
+        await b.start()
+        try:
+            stays = asyncio.ensure_future(b.submit(Job(plan=_plan("ab"))))
+            leaves = asyncio.ensure_future(b.submit(Job(plan=_plan("cd"))))
+            await asyncio.to_thread(started.wait, 5)
+            leaves.cancel()  # its client disconnected while the batch ran
+            await asyncio.sleep(0.01)
+            release.set()
+            return await stays, b.stats
+        finally:
+            release.set()
+            await b.stop()
+
+    result, stats = asyncio.run(asyncio.wait_for(main(), 10))
+    assert seen["gone"] == [False, True] and result.error is None and stats.dropped == 1
