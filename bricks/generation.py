@@ -7,9 +7,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from bricks.errors import BrickworkError
-from bricks.fast_decode import FastDecode, decode_kwargs
+from bricks.fast_decode import FastDecode, decode_kwargs, fast_decode_active
+from bricks.prefix_share import PrefixStats, plan_prefixes, prefill_prefixes, shared_layout
 
-__all__ = ["generate_texts", "encode_prompt", "GenerationOutOfMemoryError"]
+__all__ = ["generate_texts", "encode_prompt", "encode_prompts", "GenerationOutOfMemoryError"]
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
@@ -17,6 +18,20 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     chat template that writes its own), which would otherwise be there twice."""
     bos = getattr(tokenizer, "bos_token", None)
     return tokenizer(prompt, add_special_tokens=not (bos and prompt.startswith(bos))).input_ids
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """`encode_prompt` of each prompt, in at most two tokenizer calls (with and without added special tokens)."""
+    bos = getattr(tokenizer, "bos_token", None)
+    own = [bool(bos) and p.startswith(bos) for p in prompts]
+    out: list[list[int]] = [[] for _ in prompts]
+    for flag in (False, True):
+        idx = [i for i, o in enumerate(own) if o == flag]
+        if idx:
+            ids = tokenizer([prompts[i] for i in idx], add_special_tokens=not flag).input_ids
+            for i, e in zip(idx, ids):
+                out[i] = list(e)
+    return out
 
 
 class GenerationOutOfMemoryError(BrickworkError):
@@ -28,6 +43,19 @@ def _oom_errors() -> tuple[type, ...]:
 
     found = {getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)}
     return tuple(e for e in found if e is not None)
+
+
+def _left_padded(rows: Sequence[Sequence[int]], pad: int):
+    """(input_ids, attention_mask) [rows, longest]: every prompt ends at the last column."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, e in enumerate(rows):
+        ids[row, width - len(e):] = torch.tensor(list(e))
+        mask[row, width - len(e):] = 1
+    return ids, mask
 
 
 def _stop_rows(chunk: list[int], cancelled: Callable[[int], bool], *others):
@@ -48,7 +76,9 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
                    streamer: Callable[[list[int]], Any] | None = None,
                    generate_kwargs: Mapping[str, Any] | None = None,
                    fast_decode: FastDecode | None = None,
-                   cancelled: Callable[[int], bool] | None = None) -> list[str]:
+                   cancelled: Callable[[int], bool] | None = None,
+                   share_prefixes: bool = False, row_keys: Sequence[str] | None = None,
+                   prefix_stats: PrefixStats | None = None) -> list[str]:
     """The completion of each prompt, without the prompt and without special tokens.
 
     Prompts are grouped by length so that a batch wastes little padding; results keep the input order.
@@ -60,6 +90,10 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     raises GenerationOutOfMemoryError naming the batch size and the prompt length. Once `cancelled(i)` is true
     (prompt i's caller went away), row i stops at the next token and keeps what it wrote; a batch whose rows are
     all cancelled before it starts is not run (their results are "").
+
+    With `share_prefixes`, rows of a batch whose prompts start alike (and whose `row_keys`, their brick
+    configurations, are equal; None: all alike) compute that start once (`bricks.prefix_share`), when that skips
+    at least a quarter of the batch's prompt tokens and the static KV cache is off (counted in `prefix_stats`).
     """
     import torch
 
@@ -68,26 +102,39 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     if not prompts:
         return []
     device = model_device(model)  # every input is built where the model's first layer is
-    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    encoded = encode_prompts(tokenizer, prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     results: list[str] = [""] * len(prompts)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
     oom = _oom_errors()
 
+    share = share_prefixes and not (fast_decode is not None and fast_decode_active(model, fast_decode)[0])
+
     def run(chunk: list[int]) -> None:
         if cancelled is not None and all(cancelled(i) for i in chunk):
             return
-        width = max(len(encoded[i]) for i in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):  # left padding: every prompt ends at the last column
-            ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-            mask[row, width - len(encoded[i]) :] = 1
+        rows = [encoded[i] for i in chunk]
+        plan = plan_prefixes(rows, [row_keys[i] for i in chunk] if row_keys is not None else None) if share else None
+        cache = None
+        if plan is not None and len(chunk) > 1 and plan.worth_it(rows):
+            context = None if batch_context is None else (lambda reps: batch_context([chunk[r] for r in reps]))
+            cache = prefill_prefixes(model, rows, plan, pad, device, context)
+            ids, mask = shared_layout(rows, plan, pad)
+            if prefix_stats is not None:
+                prefix_stats.batches += 1
+                prefix_stats.rows += len(rows)
+                prefix_stats.saved_tokens += plan.saved_tokens()
+                prefix_stats.prompt_tokens += sum(len(r) for r in rows)
+        else:
+            ids, mask = _left_padded(rows, pad)
+        width = ids.shape[1]
         ids, mask = ids.to(device), mask.to(device)  # filled on the CPU, copied once per batch
         with batch_context(chunk) if batch_context is not None else contextlib.nullcontext():
             extra = decode_kwargs(model, fast_decode) if fast_decode is not None else {}
             extra.update(generate_kwargs or {})
+            if cache is not None:
+                extra["past_key_values"] = cache
             if streamer is not None:
                 extra["streamer"] = streamer(chunk)
             if cancelled is not None:

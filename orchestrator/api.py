@@ -8,13 +8,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from bricks.errors import BrickworkError, ConfigError
+from bricks.errors import ConfigError
 from bricks.prompt import DEFAULT_TEMPLATE, PromptFormat, PromptTemplate, choose_template
 from orchestrator.executors.base import Executor, GenerationRequest, group_requests
 from orchestrator.library_index import library_stamp, open_index
 from orchestrator.plan import Decoding, Plan
 from orchestrator.planner import Planner
-from orchestrator.result import CANCELLED, Result, StepTrace
+from orchestrator.result import Result
 from orchestrator.validation import InputError
 from policies import Composition
 
@@ -222,65 +222,16 @@ class Orchestrator:
 
     def _run_plans(self, plans: Sequence[Plan], plan_ms: Sequence[float], on_delta: StepDelta | None = None,
                    cancelled: Callable[[int], bool] | None = None) -> list[Result]:
-        outputs: list[list[str | None]] = [[None] * len(p.steps) for p in plans]
-        errors: list[list[str | None]] = [[None] * len(p.steps) for p in plans]
-        inputs: list[list[str]] = [[""] * len(p.steps) for p in plans]
-        timing: list[list[dict[str, float]]] = [[{} for _ in p.steps] for p in plans]
-        waves = [p.waves() for p in plans]
-        t_run = time.perf_counter()
-        depth = 0
-        while True:  # one wave: every step whose input is ready, across all plans, in one executor call
-            ready = [(pi, si) for pi, w in enumerate(waves) if depth < len(w) for si in w[depth]]
-            if not ready:
-                break
-            requests, runnable = [], []
-            for pi, si in ready:
-                src = plans[pi].steps[si].input_from
-                if src is not None and errors[pi][src] is not None:
-                    errors[pi][si] = f"not run: its input, step {src}, failed"
-                    continue
-                if cancelled is not None and cancelled(pi):
-                    errors[pi][si] = CANCELLED
-                    continue
-                if plans[pi].steps[si].abstain:
-                    errors[pi][si] = f"no brick or base skill serves this step ({plans[pi].steps[si].abstain})"
-                    continue
-                inputs[pi][si] = plans[pi].input if src is None else (outputs[pi][src] or "")
-                try:
-                    prompt = self.render(plans[pi], si, inputs[pi][si])
-                except BrickworkError as e:  # e.g. a chat template that refuses the messages: this step fails
-                    errors[pi][si] = f"{type(e).__name__}: {e}"
-                    continue
-                runnable.append((pi, si))
-                requests.append(GenerationRequest(prompt, plans[pi].steps[si].config, plans[pi].steps[si].decoding))
-            t = time.perf_counter()
-            sink = None if on_delta is None else (lambda j, text, at=tuple(runnable): on_delta(*at[j], text))
-            stop = None if cancelled is None else (lambda j, at=tuple(runnable): cancelled(at[j][0]))
-            texts = self._generate_checked(requests, sink, stop)
-            wave_ms = (time.perf_counter() - t) * 1000
-            for (pi, si), text in zip(runnable, texts):
-                if cancelled is not None and cancelled(pi):
-                    errors[pi][si] = CANCELLED
-                elif isinstance(text, Exception):
-                    errors[pi][si] = f"{type(text).__name__}: {text}".splitlines()[0]
-                else:
-                    outputs[pi][si] = text.strip()
-                timing[pi][si] = {"generate_ms": round(wave_ms, 3), "batch_size": float(len(requests))}
-            depth += 1
-        run_ms = (time.perf_counter() - t_run) * 1000
-        results = []
-        for pi, plan in enumerate(plans):
-            steps = tuple(
-                StepTrace(index=si, instruction=s.instruction, input=inputs[pi][si], output=outputs[pi][si] or "",
-                          bricks=s.config.bricks, route=s.route, timings_ms=timing[pi][si], error=errors[pi][si])
-                for si, s in enumerate(plan.steps)
-            )
-            failed = next((s for s in steps if s.error is not None), None)
-            results.append(Result(instruction=plan.instruction, input=plan.input,
-                                  output="" if failed else steps[-1].output, plan=plan, steps=steps,
-                                  timings_ms={"plan_ms": round(plan_ms[pi], 3), "run_ms": round(run_ms, 3)},
-                                  error=f"step {failed.index} failed: {failed.error}" if failed else None))
-        return results
+        from orchestrator.plan_runs import PlanRuns
+
+        runs = PlanRuns(self)
+        ids = [runs.add(plan, ms, on_delta=None if on_delta is None else (lambda si, text, pi=pi: on_delta(pi, si, text)),
+                        cancelled=None if cancelled is None else (lambda pi=pi: cancelled(pi)))
+               for pi, (plan, ms) in enumerate(zip(plans, plan_ms))]
+        results: dict[int, Result] = {}
+        while runs:
+            results.update(runs.advance())
+        return [results[i] for i in ids]
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def close(self) -> None:

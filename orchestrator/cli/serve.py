@@ -31,6 +31,8 @@ def serve(model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt
           max_queue: int = typer.Option(256, "--max-queue", help="Waiting requests beyond this get 429."),
           max_tokens: int = typer.Option(1024, "--max-tokens", help="The largest max_tokens a request may ask for."),
           max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", help="Larger request bodies get 413."),
+          torch_threads: Optional[int] = typer.Option(
+              None, "--torch-threads", help="Torch CPU threads (default: all cores but one, for the event loop)."),
           log_level: str = typer.Option("info", "--log-level", help="uvicorn's log level.")) -> None:
     """Serve OpenAI's /v1/chat/completions, /v1/completions and /v1/models, plus /health, /metrics and /admin."""
     from pydantic import ValidationError
@@ -42,7 +44,7 @@ def serve(model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt
                               admin_key=admin_key, admin_folder=admin_folder, max_batch=max_batch,
                               batch_wait_ms=batch_wait_ms, concurrent_batches=concurrent_batches,
                               max_queue=max_queue, max_tokens=max_tokens,
-                              max_body_bytes=max_body_bytes)
+                              max_body_bytes=max_body_bytes, torch_threads=torch_threads)
     except ValidationError as e:
         err = e.errors()[0]
         fail(f"--{'-'.join(str(x) for x in err['loc']).replace('_', '-')} {err.get('input')!r}: {err['msg']}")
@@ -53,8 +55,12 @@ def serve(model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt
             fail(f"--admin-folder {str(config.admin_folder)!r} is not a folder")
         if host not in LOOPBACK_HOSTS and config.api_key is None:
             log.warning("serving on %s without an API key: anyone who can reach it can run it", host)
+        import torch
+
         from orchestrator.api import Orchestrator
         from orchestrator.integrations.server import serve as run_server
+
+        torch.set_num_threads(config.threads())  # before the model runs: no pool of more threads is ever started
 
         orc = Orchestrator.from_pretrained(config.model, config.library, config.executor)  # errors: one line, exit 2
     except user_errors() as e:

@@ -65,9 +65,9 @@ def context_problems(tokenizer, context: int | None, requests: Sequence[Generati
     """For each request, why its prompt plus `max_new_tokens` does not fit `context` tokens, or None."""
     if context is None or not requests:
         return [None] * len(requests)
-    from bricks.generation import encode_prompt
+    from bricks.generation import encode_prompts
 
-    lengths = [len(encode_prompt(tokenizer, r.prompt)) for r in requests]
+    lengths = [len(e) for e in encode_prompts(tokenizer, [r.prompt for r in requests])]
     return [None if n + r.decoding.max_new_tokens <= context else
             f"the prompt is {n} tokens and max_new_tokens is {r.decoding.max_new_tokens}: more than the model's "
             f"context of {context} tokens" for n, r in zip(lengths, requests)]

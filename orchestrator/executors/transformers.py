@@ -17,6 +17,7 @@ from bricks.lora.base_only import BaseOnly
 from bricks.lora.merge_cache import MergeCache, MergeStats
 from bricks.lora.multi import UnsupportedMixedLoraError
 from bricks.model_io import load_model, load_tokenizer
+from bricks.prefix_share import PrefixStats
 from orchestrator.executors.base import (
     GenerationRequest,
     UnsupportedConfigError,
@@ -69,7 +70,9 @@ class TransformersExecutor:
     pass over stacked adapters and per-row masks when they use several brick configurations of fewer than
     `mixed_group_rows` requests each on average; `mixed_batches=False` runs one batch per configuration). A mask-only configuration alone runs as compact FFN matrices (built once per
     mask, kept in a cache of at most `compact_cache_bytes`); `fast_decode` (bricks.fast_decode.FastDecode) adds a
-    static KV cache and a compiled decode step, on a GPU by default.
+    static KV cache and a compiled decode step, on a GPU by default. With `share_prefixes`, rows of a batch with
+    the same configuration whose prompts start alike compute that start once (`bricks.prefix_share`; dynamic KV
+    cache only).
 
     LoRA bricks are loaded into one PeftModel on first use and kept; several bricks in one step are combined
     with PEFT's `add_weighted_adapter` (cat, svd, linear, ties, dare_linear, dare_ties, ...), and the combined
@@ -86,7 +89,7 @@ class TransformersExecutor:
                  trust_remote_code: bool = False, merge_seed: int = 0, compact: bool = True,
                  merge_cache_size: int = 16, merge_cache_bytes: int | None = None, device: str | None = "auto",
                  device_map: str | dict | None = None, mixed_batches: bool = True, mixed_group_rows: int = 32,
-                 fast_decode=None,
+                 fast_decode=None, share_prefixes: bool = True,
                  compact_cache_bytes: int = 4 * 2**30) -> None:
         from bricks.device import resolve_device
         from bricks.emergent.compact_cache import CompactCache
@@ -114,6 +117,8 @@ class TransformersExecutor:
         self.fast_decode = fast_decode or FastDecode()  # static KV cache + compiled decode: on a GPU by default
         self.compact_cache = CompactCache(compact_cache_bytes)  # compact FFN matrices, built once per mask
         self._base_switch = BaseOnly()  # LoRA layers off, found once per set of loaded adapters
+        self.share_prefixes = share_prefixes  # rows of a batch that start alike compute that start once
+        self.prefix_stats = PrefixStats()
 
     @property
     def model_config(self):
@@ -280,6 +285,7 @@ class TransformersExecutor:
                     with off, self._ffn_context(config, adapter):
                         texts = generate_texts(self.model, self.tokenizer, prompts, streamer=self._streamer(idx, on_delta),
                                                fast_decode=self.fast_decode, cancelled=_local(idx, cancelled),
+                                               share_prefixes=self.share_prefixes, prefix_stats=self.prefix_stats,
                                                **kwargs)
                     for i, text in zip(idx, texts):
                         out[i] = text
@@ -328,7 +334,8 @@ class TransformersExecutor:
         # not compiled: the per-row tensors are made per batch (and masks are hooks, which a compiled step ignores)
         return generate_texts(self.model, self.tokenizer, [r.prompt for r in requests], batch_context=rows,
                               streamer=streamer, fast_decode=dataclasses.replace(self.fast_decode, compile=False),
-                              cancelled=cancelled, **kwargs)
+                              cancelled=cancelled, share_prefixes=self.share_prefixes,
+                              row_keys=[r.config.key for r in requests], prefix_stats=self.prefix_stats, **kwargs)
 
     def _stack(self, needed: Sequence[str]):
         """The loaded adapters stacked for one-pass batches (rebuilt when adapters are loaded or deleted); only

@@ -54,6 +54,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def _rss_mib(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -82,6 +91,8 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "orchestrator.cli", "serve", "--port", str(port), "--log-level", "warning",
            "--max-batch", str(args.max_batch), "--batch-wait-ms", str(args.batch_wait_ms), "--max-queue", "4096",
            "--executor", args.executor, "--concurrent-batches", str(args.concurrent_batches)]
+    if args.torch_threads:
+        cmd += ["--torch-threads", str(args.torch_threads)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "BRICKWORK_API_KEY": "bench"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -96,8 +107,10 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
     raise SystemExit("the server did not start")
 
 
-async def level(url: str, clients: int, requests: int, time_limit: float, tasks: list = TASKS) -> dict:
-    """`requests` chat completions from `clients` closed-loop clients; latencies and errors."""
+async def level(url: str, clients: int, requests: int, time_limit: float, tasks: list = TASKS,
+                server_pid: int | None = None) -> dict:
+    """`requests` chat completions from `clients` closed-loop clients; latencies and errors (and the server's
+    CPU time per request, given its pid)."""
     latencies: list[float] = []
     errors = {"http": 0, "transport": 0, "wrong": 0}
     counter = iter(range(requests))
@@ -126,15 +139,18 @@ async def level(url: str, clients: int, requests: int, time_limit: float, tasks:
                     errors["wrong"] += 1
 
         before = (await http.get("/health")).json()
+        cpu0 = _cpu_s(server_pid) if server_pid else float("nan")
         t0 = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
         wall = time.perf_counter() - t0
+        cpu = (_cpu_s(server_pid) if server_pid else float("nan")) - cpu0
         after = (await http.get("/health")).json()
     batches = after["batches"] - before["batches"]
     done = len(latencies)
     q = statistics.quantiles(latencies, n=100, method="inclusive") if done >= 2 else [float("nan")] * 99
     return {"clients": clients, "requests": done, "errors": errors, "rps": done / wall if wall else 0.0,
             "p50": q[49] * 1000, "p99": q[98] * 1000, "batches": batches, "wall": wall,
+            "cpu_ms": cpu * 1000 / done if done else float("nan"), "cores": cpu / wall if wall else float("nan"),
             "mean_batch": done / batches if batches else float("nan")}
 
 
@@ -169,9 +185,15 @@ async def streaming(url: str, requests: int) -> dict:
             "earlier": sum(f < t * 0.9 for f, t in zip(first, total))}
 
 
-def ceiling(tasks: list, rows: int = 320) -> tuple[float, float]:
-    """Rows/s of the same tasks run by an Orchestrator in this process, one at a time and 32 at a time."""
+def ceiling(tasks: list, rows: int = 320, threads: int | None = None) -> tuple[float, float]:
+    """Rows/s of the same tasks run by an Orchestrator in this process, one at a time and 32 at a time, with the
+    server's torch threads."""
+    import torch
+
     from orchestrator import Orchestrator
+    from orchestrator.integrations.server.config import ServerConfig
+
+    torch.set_num_threads(ServerConfig(torch_threads=threads).threads())
 
     jobs = [{"instruction": tasks[i % len(tasks)][1], "input": WORDS[(i // len(tasks)) % len(WORDS)]}
             for i in range(rows)]
@@ -195,6 +217,8 @@ def main() -> None:
     parser.add_argument("--concurrent-batches", type=int, default=4,
                         help="Batches running at once on vLLM (the transformers executor runs one at a time).")
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="The server's torch CPU threads (default: the server's own, all cores but one).")
     parser.add_argument("--time-limit", type=float, default=90.0, help="Seconds per level, at most.")
     parser.add_argument("--tasks", choices=["mixed", "reverse"], default="mixed",
                         help="mixed: one- and two-step plans, base model and LoRA bricks; reverse: one step, "
@@ -222,7 +246,8 @@ def main() -> None:
         asyncio.run(level(url, 4, 40, 60))  # warm-up: adapters loaded, merges cached
         rss_warm = _rss_mib(proc.pid)
         tasks = TASKS if args.tasks == "mixed" else TASKS[:1]
-        runs = [[asyncio.run(level(url, c, max(args.requests, c), args.time_limit, tasks)) for c in args.clients]
+        runs = [[asyncio.run(level(url, c, max(args.requests, c), args.time_limit, tasks, proc.pid))
+                 for c in args.clients]
                 for _ in range(max(1, args.repeat))]
         rows = [max((run[i] for run in runs), key=lambda r: r["rps"]) for i in range(len(args.clients))]
         streamed = asyncio.run(streaming(url, args.stream_requests)) if args.stream_requests else None
@@ -232,13 +257,14 @@ def main() -> None:
         proc.terminate()
         proc.wait(30)
     base = rows[0]["rps"] if rows and rows[0]["clients"] == 1 else None
-    log.info("%7s %8s %7s %9s %8s %9s %9s %7s %10s", "clients", "requests", "errors", "req/s", "speedup", "p50 ms",
-             "p99 ms", "p99/p50", "mean batch")
+    log.info("%7s %8s %7s %9s %8s %9s %9s %7s %10s %14s", "clients", "requests", "errors", "req/s", "speedup",
+             "p50 ms", "p99 ms", "p99/p50", "mean batch", "server CPU/req")
     for r in rows:
         speed = f"{r['rps'] / base:.1f}x" if base else "-"
         errs = sum(r["errors"].values())
-        log.info("%7d %8d %7d %9.1f %8s %9.1f %9.1f %7.2f %10.1f", r["clients"], r["requests"], errs, r["rps"], speed,
-                 r["p50"], r["p99"], r["p99"] / r["p50"], r["mean_batch"])
+        log.info("%7d %8d %7d %9.1f %8s %9.1f %9.1f %7.2f %10.1f %7.2f ms %4.2f cores", r["clients"], r["requests"],
+                 errs, r["rps"], speed, r["p50"], r["p99"], r["p99"] / r["p50"], r["mean_batch"], r["cpu_ms"],
+                 r["cores"])
         if errs:
             log.info("        errors at %d clients: %s", r["clients"], r["errors"])
     samples = [s for s in sampler.samples if s == s]
@@ -264,9 +290,9 @@ def main() -> None:
         log.info("--concurrent-batches %d, %d clients: %.1f req/s, p50 %.1f ms, p99 %.1f ms, mean batch %.1f, "
                  "errors %d", n, clients, r["rps"], r["p50"], r["p99"], r["mean_batch"], sum(r["errors"].values()))
     if args.ceiling:
-        one, batched = ceiling(TASKS if args.tasks == "mixed" else TASKS[:1])
-        log.info("in process, no HTTP: %.1f rows/s one at a time, %.1f rows/s in batches of 32: %.1fx", one, batched,
-                 batched / one)
+        one, batched = ceiling(TASKS if args.tasks == "mixed" else TASKS[:1], threads=args.torch_threads)
+        log.info("in process, no HTTP, the server's torch threads: %.1f rows/s one at a time, %.1f rows/s in batches "
+                 "of 32: %.1fx", one, batched, batched / one)
     at32 = next((r for r in rows if r["clients"] == 32), None)
     if at32 and base:
         log.info("goals at 32 clients: throughput %.1fx one client (goal >= 5x): %s; p99/p50 %.2f (goal <= 3): %s",

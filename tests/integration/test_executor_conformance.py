@@ -7,6 +7,8 @@ with per-row stacked LoRA and mask slots when a batch mixes configurations, and 
 for mask-only groups, when it does not or when one-pass batches are off).
 """
 
+import dataclasses
+
 import pytest
 
 from bricks.prompt import DEFAULT_TEMPLATE
@@ -133,3 +135,15 @@ def test_requests_whose_caller_went_away_stop_and_the_others_match(executor, exp
     for i in (first, second):
         assert want[i].startswith(out[i]) and len(out[i]) < len(want[i]), (i, out[i], want[i])
     assert [o for i, o in enumerate(out) if i not in gone] == [w for i, w in enumerate(want) if i not in gone]
+
+
+@pytest.mark.parametrize("name", ["transformers", "transformers_grouped"])
+@pytest.mark.parametrize("case", ["lora", "mixed"])
+def test_transformers_rows_that_start_alike_share_their_prefill(request, expected, name, case, monkeypatch):
+    executor = request.getfixturevalue(f"{name}_executor")
+    before = dataclasses.replace(executor.prefix_stats)
+    assert executor.generate(CASES[case]) == expected[case]
+    stats = executor.prefix_stats
+    assert stats.batches > before.batches and stats.saved_tokens > before.saved_tokens  # it did share, same texts
+    monkeypatch.setattr(executor, "share_prefixes", False)
+    assert executor.generate(CASES[case]) == expected[case] and stats.batches == executor.prefix_stats.batches

@@ -95,3 +95,4 @@ def test_the_batcher_tells_the_runner_who_went_away():
 
     result, stats = asyncio.run(asyncio.wait_for(main(), 10))
     assert seen["gone"] == [False, True] and result.error is None and stats.dropped == 1
+

@@ -64,3 +64,11 @@ def test_other_errors_are_not_retried():
     with pytest.raises(RuntimeError, match="Tried to allocate"):
         generate_texts(fake, tok, PROMPTS, max_new_tokens=2)
     assert fake.sizes == [8]
+
+
+def test_encode_prompts_matches_encode_prompt_one_by_one():
+    from bricks.generation import encode_prompt, encode_prompts
+
+    tok = build_tokenizer()
+    prompts = ["abc", (tok.bos_token or "") + "already has its start", "", "Reverse the text.\nIn: x\nOut: "]
+    assert encode_prompts(tok, prompts) == [encode_prompt(tok, p) for p in prompts]

@@ -368,3 +368,16 @@ def test_batch_lock_is_shared_by_batches_and_held_alone_by_changes():
     lock.release()
     t.join(5)
     assert order == ["change done", "batch"]
+
+
+def test_the_server_leaves_one_core_to_its_event_loop(monkeypatch):
+    import os
+
+    from orchestrator.integrations.server.config import ServerConfig
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert ServerConfig().threads() == 3 and ServerConfig(torch_threads=2).threads() == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert ServerConfig().threads() == 1  # never fewer than one
+    with pytest.raises(ValueError, match="torch_threads"):
+        ServerConfig(torch_threads=0)

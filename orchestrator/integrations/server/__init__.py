@@ -11,6 +11,7 @@ that fails with a MissingExtraError naming `brickwork[serve]`.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from orchestrator.integrations.server.config import APIError, ServerConfig
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from orchestrator.integrations.server.app import create_app
 
 __all__ = ["APIError", "ServerConfig", "create_app", "serve"]
+
+log = logging.getLogger(__name__)
 
 
 def __getattr__(name: str):
@@ -31,7 +34,8 @@ def __getattr__(name: str):
 
 def serve(config: ServerConfig, orchestrator=None, *, log_level: str = "info",
           close_orchestrator: bool = False) -> None:
-    """Run the server in this thread until interrupted (uvicorn on `config.host`:`config.port`).
+    """Run the server in this thread until interrupted (uvicorn on `config.host`:`config.port`), with torch's CPU
+    threads set to `config.threads()`.
 
     `close_orchestrator`: close a given orchestrator when the app shuts down. uvicorn raises the SIGTERM or SIGINT
     that stopped it again once the app is down, so code after this call may never run: an orchestrator whose
@@ -42,7 +46,11 @@ def serve(config: ServerConfig, orchestrator=None, *, log_level: str = "info",
         from bricks.errors import MissingExtraError
 
         raise MissingExtraError("the HTTP server needs fastapi and uvicorn: pip install 'brickwork[serve]'") from e
+    import torch
+
     from orchestrator.integrations.server.app import create_app
 
+    torch.set_num_threads(config.threads())
+    log.info("torch CPU threads: %d", config.threads())
     app = create_app(config, orchestrator, close_orchestrator=close_orchestrator)
     uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, timeout_graceful_shutdown=10)

@@ -248,15 +248,7 @@ class Runner:
         """Plan and run `jobs` together; one Outcome or exception per job, in order. Once `gone(i)` is true (job
         i's caller went away), job i's plan runs no further and its running step stops where the executor can
         stop it."""
-        stale = getattr(self.orc, "library_stale", None)
-        if stale is None or stale():  # pick up bricks changed on disk, with no batch running
-            with self.lock:
-                follow = getattr(self.orc, "follow_library", None)
-                if follow is not None:
-                    try:
-                        follow()
-                    except Exception:  # noqa: BLE001 (serve with the library as it was)
-                        log.warning("could not follow the library's changes", exc_info=True)
+        self._follow_library()
         with self.lock.shared():
             plans = self._plans(jobs)
             results: list[Result | Exception | None] = [p if isinstance(p, Exception) else None for p in plans]
@@ -271,6 +263,18 @@ class Runner:
                     results[i] = self._run_seeded(plan, jobs[i].seed, jobs[i].sink,  # type: ignore[arg-type]
                                                   None if gone is None else (lambda i=i: gone(i)))
             return self._outcomes(results)  # type: ignore[arg-type]
+
+    def _follow_library(self) -> None:
+        """Pick up bricks changed on disk, holding the lock alone (no batch running)."""
+        stale = getattr(self.orc, "library_stale", None)
+        if stale is None or stale():
+            with self.lock:
+                follow = getattr(self.orc, "follow_library", None)
+                if follow is not None:
+                    try:
+                        follow()
+                    except Exception:  # noqa: BLE001 (serve with the library as it was)
+                        log.warning("could not follow the library's changes", exc_info=True)
 
     @staticmethod
     def _seeded(job: Job, plan: Plan) -> bool:

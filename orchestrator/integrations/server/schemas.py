@@ -225,6 +225,7 @@ class Health(BaseModel):
     engine_joined: int | None = None  # vLLM: requests that joined a running engine batch (None: no engine loop)
     dropped: int = 0  # jobs whose caller went away: never run, or stopped while their batch ran
     engine_aborted: int | None = None  # vLLM: requests aborted in the engine because their caller went away
+    torch_threads: int = 1  # torch's CPU threads in the server process
 
 
 class AdminBrickRequest(_Strict):
