@@ -1,14 +1,16 @@
 """Per-layer masks in one safetensors file, `layers.{i}` -> uint8 [n] (1: kept): how ffn_mask bricks store
-their neurons and expert_mask bricks their experts."""
+their neurons and expert_mask bricks their experts; and a mask brick's whole folder, written atomically."""
 
 from __future__ import annotations
 
+import datetime as _dt
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bricks.errors import IntegrityError, ManifestError
 
-__all__ = ["require_mask_file", "read_layer_masks", "write_layer_masks", "kept_share"]
+__all__ = ["require_mask_file", "read_layer_masks", "write_layer_masks", "kept_share", "write_layer_mask_brick"]
 
 _LAYER = re.compile(r"^layers\.(\d+)$")
 
@@ -51,3 +53,27 @@ def kept_share(masks: dict[int, object]) -> float:
     """The share of all positions of `masks` that are kept (0 for no masks)."""
     total = sum(m.numel() for m in masks.values())
     return sum(int(m.sum()) for m in masks.values()) / total if total else 0.0
+
+
+def write_layer_mask_brick(folder: Path, masks: Mapping[int, object], *, kind: str, brick_id: str, description: str,
+                           examples: Sequence[str], base_model, metrics: Mapping[str, float],
+                           skills: Sequence[str] = (), version: int = 1,
+                           extra: Mapping[str, object] | None = None) -> Path:
+    """A mask brick of `kind` ("ffn_mask", "expert_mask") in `folder`, which must not exist yet: its mask file
+    (the kind's artifact) and manifest, written atomically; `extra` adds manifest keys (e.g.
+    `{"routable": False}` for a brick kept under the quality gate)."""
+    from bricks.atomic import staged_folder
+    from bricks.kinds import get_kind
+    from bricks.manifest import BrickManifest, file_entry
+
+    artifact = get_kind(kind).artifact
+    folder = Path(folder)
+    with staged_folder(folder) as tmp:
+        write_layer_masks(tmp / artifact, dict(masks))
+        manifest = BrickManifest(
+            id=brick_id, version=version, kind=kind, description=description, examples=list(examples),
+            base_model=base_model, files=[file_entry(tmp, artifact)], metrics=dict(metrics),
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), skills=list(skills),
+            **dict(extra or {}))
+        manifest.save(tmp / "brick.json")
+    return folder

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from bricks.emergent.layout import ffn_layout
+from bricks.prompt_batches import feed_batches
 
 __all__ = ["attribution_scores"]
 
@@ -49,13 +50,9 @@ def attribution_scores(model, tokenizer, examples: Iterable[tuple[str, str, str]
             acts[layer] = args[0]  # down_proj's input; the graph through it is kept for autograd.grad
         return pre
 
-    handles = layout.hook_neuron_inputs(hook)
-    was_training = model.training
-    model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sums: dict[str, object] = {}
     counts: dict[str, int] = {}
-    seen = 0
 
     def run(batch: list[tuple[str, str, str]]) -> None:
         enc = [_encode(tokenizer, p, a) for _, p, a in batch]
@@ -85,23 +82,7 @@ def attribution_scores(model, tokenizer, examples: Iterable[tuple[str, str, str]
             counts[skill] += 1
 
     try:
-        batch: list[tuple[str, str, str]] = []
-        for item in examples:
-            batch.append(item)
-            if len(batch) == batch_size:
-                run(batch)
-                seen += len(batch)
-                batch = []
-                if on_batch:
-                    on_batch(seen)
-        if batch:
-            run(batch)
-            seen += len(batch)
-            if on_batch:
-                on_batch(seen)
+        feed_batches(model, examples, batch_size, run, layout.hook_neuron_inputs(hook), on_batch)
     finally:
-        for h in handles:
-            h.remove()
-        acts[:] = [None] * L
-        model.train(was_training)
+        acts[:] = [None] * L  # the last batch's graph
     return {s: (v / counts[s]).float() for s, v in sums.items()}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bricks.emergent.layout import ffn_layout
 from bricks.errors import ConfigError
+from bricks.prompt_batches import feed_batches, right_padded
 
 __all__ = ["NeuronProfile", "profile_neurons"]
 
@@ -136,20 +137,11 @@ def profile_neurons(model, tokenizer, prompts: Iterable[tuple[str, str]], *, bat
             tokens_active[layer] += float(active.sum())
         return pre
 
-    handles = layout.hook_neuron_inputs(hook)
-    was_training = model.training
-    model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def run(batch: list[tuple[str, str]]) -> None:
         nonlocal count, seen, tokens
-        enc = [tokenizer(p).input_ids for _, p in batch]
-        width = max(len(e) for e in enc)
-        ids = torch.full((len(enc), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(enc), width), dtype=torch.long)
-        for r, e in enumerate(enc):
-            ids[r, : len(e)] = torch.tensor(e)
-            mask[r, : len(e)] = 1
+        ids, mask = right_padded([tokenizer(p).input_ids for _, p in batch], pad)
         ids, mask = ids.to(device), mask.to(device)
         mask_holder[0] = mask.float()
         tokens += int(mask.sum())
@@ -179,21 +171,7 @@ def profile_neurons(model, tokenizer, prompts: Iterable[tuple[str, str]], *, bat
                     res[j], res_skills[j], res_prompts[j] = means[r], skill, prompt
             seen += 1
 
-    try:
-        batch: list[tuple[str, str]] = []
-        for item in prompts:
-            batch.append(item)
-            if len(batch) == batch_size:
-                run(batch)
-                batch = []
-                if on_batch:
-                    on_batch(seen)
-        if batch:
-            run(batch)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    feed_batches(model, prompts, batch_size, run, layout.hook_neuron_inputs(hook), on_batch)
     kept = min(seen, reservoir)
     return NeuronProfile(list(skills), count, acc["sum_abs"].float(), acc["sum_sq"].float(), acc["sum_active"].float(),
                          tokens_active.float(), tokens, res[:kept].clone(), res_skills[:kept], res_prompts[:kept])

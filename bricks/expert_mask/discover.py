@@ -9,19 +9,17 @@ added `"routable": false` with `keep_failing`).
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from bricks.atomic import staged_folder
 from bricks.emergent.pipeline import Candidate, add_candidates, gate_candidates
 from bricks.emergent.quality import DEFAULT_MIN_SUPPORT, masked_outputs
 from bricks.errors import ConfigError
-from bricks.expert_mask.brick import EXPERT_MASK_FILE, ExpertMaskBrick
 from bricks.expert_mask.profile import ExpertProfile
-from bricks.manifest import BaseModelRef, BrickManifest, file_entry
+from bricks.layer_masks import write_layer_mask_brick
+from bricks.manifest import BaseModelRef
 
 __all__ = ["select_experts", "expert_candidates", "expert_outputs", "gate_expert_candidates", "write_expert_brick",
            "add_expert_candidates"]
@@ -95,16 +93,9 @@ def write_expert_brick(folder: Path, masks: Mapping[int, "object"], *, brick_id:
                        skills: Sequence[str] = (), version: int = 1, extra: Mapping[str, object] | None = None) -> Path:
     """An `expert_mask` brick in `folder` (which must not exist yet), written atomically; `extra` adds manifest
     keys (e.g. `{"routable": False}`)."""
-    folder = Path(folder)
-    with staged_folder(folder) as tmp:
-        ExpertMaskBrick.write_masks(tmp, dict(masks))
-        manifest = BrickManifest(
-            id=brick_id, version=version, kind="expert_mask", description=description, examples=list(examples),
-            base_model=base_model, files=[file_entry(tmp, EXPERT_MASK_FILE)], metrics=dict(metrics),
-            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), skills=list(skills),
-            **dict(extra or {}))
-        manifest.save(tmp / "brick.json")
-    return folder
+    return write_layer_mask_brick(folder, masks, kind="expert_mask", brick_id=brick_id, description=description,
+                                  examples=examples, base_model=base_model, metrics=metrics, skills=skills,
+                                  version=version, extra=extra)
 
 
 def add_expert_candidates(library, candidates: Sequence[Candidate], *, min_retention: float,

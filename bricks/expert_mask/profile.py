@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bricks.errors import ConfigError
 from bricks.expert_mask.layout import moe_layout
+from bricks.prompt_batches import feed_batches, right_padded
 
 __all__ = ["ExpertProfile", "profile_experts"]
 
@@ -97,28 +98,18 @@ def profile_experts(model, tokenizer, prompts: Iterable[tuple[str, str]], *, bat
             captured[layer] = (hits.view(B, T, E), mass.view(B, T, E))
         return post
 
-    handles = [r.register_forward_hook(hook(i)) for i, r in layout.routers.items()]
-    was_training = model.training
-    model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    seen = 0
 
     def run(batch: list[tuple[str, str]]) -> None:
-        nonlocal selected, weight, tokens, count, seen
-        enc = [tokenizer(p).input_ids for _, p in batch]
-        width = max(len(e) for e in enc)
-        ids = torch.full((len(enc), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(enc), width), dtype=torch.long)
-        for r, e in enumerate(enc):
-            ids[r, : len(e)] = torch.tensor(e)
-            mask[r, : len(e)] = 1
-        shape[0] = (len(enc), width)
+        nonlocal selected, weight, tokens, count
+        ids, mask = right_padded([tokenizer(p).input_ids for _, p in batch], pad)
+        shape[0] = tuple(ids.shape)
         captured.clear()
         with torch.inference_mode():
             model(input_ids=ids.to(device), attention_mask=mask.to(device))
         real = mask.double()[:, :, None]  # [B, T, 1]
-        hits = torch.zeros(len(enc), L, E, dtype=torch.float64)  # [B, L, E]
-        mass = torch.zeros(len(enc), L, E, dtype=torch.float64)
+        hits = torch.zeros(len(batch), L, E, dtype=torch.float64)  # [B, L, E]
+        mass = torch.zeros(len(batch), L, E, dtype=torch.float64)
         for layer, (h, w) in captured.items():
             hits[:, layer] = (h.cpu().double() * real).sum(1)
             mass[:, layer] = (w.cpu().double() * real).sum(1)
@@ -134,23 +125,9 @@ def profile_experts(model, tokenizer, prompts: Iterable[tuple[str, str]], *, bat
             weight[s] += mass[r]
             tokens[s] += float(mask[r].sum())
             count[s] += 1
-        seen += len(batch)
 
-    try:
-        batch: list[tuple[str, str]] = []
-        for item in prompts:
-            batch.append(item)
-            if len(batch) == batch_size:
-                run(batch)
-                batch = []
-                if on_batch:
-                    on_batch(seen)
-        if batch:
-            run(batch)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    handles = [r.register_forward_hook(hook(i)) for i, r in layout.routers.items()]
+    feed_batches(model, prompts, batch_size, run, handles, on_batch)
     if not skills:
         raise ConfigError("no prompts to profile the experts on")
     return ExpertProfile(list(skills), selected.float(), weight.float(), tokens.float(), count, dims.moe_layers,
