@@ -8,7 +8,7 @@ from typing import Any
 
 from bricks.errors import BrickworkError
 from bricks.fast_decode import FastDecode, decode_kwargs, fast_decode_active
-from bricks.prefix_share import PrefixStats, plan_prefixes, prefill_prefixes, shared_layout
+from bricks.prefix_share import PrefixStats, attention_window, plan_prefixes, prefill_prefixes, shared_layout
 
 __all__ = ["generate_texts", "encode_prompt", "encode_prompts", "GenerationOutOfMemoryError"]
 
@@ -110,6 +110,7 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     oom = _oom_errors()
 
     share = share_prefixes and not (fast_decode is not None and fast_decode_active(model, fast_decode)[0])
+    window = attention_window(model.config) if share else None
 
     def run(chunk: list[int]) -> None:
         if cancelled is not None and all(cancelled(i) for i in chunk):
@@ -118,16 +119,21 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
         plan = plan_prefixes(rows, [row_keys[i] for i in chunk] if row_keys is not None else None) if share else None
         cache = None
         if plan is not None and len(chunk) > 1 and plan.worth_it(rows):
+            ids, mask = shared_layout(rows, plan, pad)
+            if window is not None and ids.shape[1] + max_new_tokens > window:  # padding would count in the window
+                plan = None
+                ids, mask = _left_padded(rows, pad)
+        else:
+            plan = None
+            ids, mask = _left_padded(rows, pad)
+        if plan is not None:
             context = None if batch_context is None else (lambda reps: batch_context([chunk[r] for r in reps]))
             cache = prefill_prefixes(model, rows, plan, pad, device, context)
-            ids, mask = shared_layout(rows, plan, pad)
             if prefix_stats is not None:
                 prefix_stats.batches += 1
                 prefix_stats.rows += len(rows)
                 prefix_stats.saved_tokens += plan.saved_tokens()
                 prefix_stats.prompt_tokens += sum(len(r) for r in rows)
-        else:
-            ids, mask = _left_padded(rows, pad)
         width = ids.shape[1]
         ids, mask = ids.to(device), mask.to(device)  # filled on the CPU, copied once per batch
         with batch_context(chunk) if batch_context is not None else contextlib.nullcontext():

@@ -14,7 +14,9 @@ Rows share a prefix only when they have the same key (their brick configuration:
 and values). Every row keeps at least its last prompt token out of the prefix, so `generate` has input to read.
 The layout is each row's prefix left-padded to the longest prefix P, then its rest left-padded to the longest
 rest S: padding may sit between the two, which the attention mask hides; positions count only real tokens
-(`generate` numbers them from the mask), so a row sees the positions it would see alone.
+(`generate` numbers them from the mask), so a row sees the positions it would see alone. A sliding or chunked
+attention window counts cache columns, padding included, so a model with one shares prefixes only while a row's
+whole layout and its new tokens fit in the window (`attention_window`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PrefixPlan", "PrefixStats", "plan_prefixes", "shared_layout", "prefill_prefixes"]
+__all__ = ["PrefixPlan", "PrefixStats", "plan_prefixes", "shared_layout", "prefill_prefixes", "attention_window"]
 
 
 @dataclass
@@ -145,3 +147,15 @@ def prefill_prefixes(model, encoded: Sequence[Sequence[int]], plan: PrefixPlan, 
               logits_to_keep=1)
     cache.reorder_cache(torch.tensor(plan.group, dtype=torch.long, device=device))  # [groups] -> [rows]
     return cache
+
+
+def attention_window(config) -> int | None:
+    """The tokens a model's sliding (or chunked) attention layers see, or None when every layer sees them all."""
+    windows = []
+    sliding = getattr(config, "sliding_window", None)
+    if isinstance(sliding, int) and sliding > 0 and getattr(config, "use_sliding_window", True) is not False:
+        windows.append(sliding)
+    chunk = getattr(config, "attention_chunk_size", None)
+    if isinstance(chunk, int) and chunk > 0:
+        windows.append(chunk)
+    return min(windows, default=None)
