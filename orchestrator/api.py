@@ -141,14 +141,16 @@ class Orchestrator:
         return self._run_plans([plan], [0.0])[0]
 
     def run_plans(self, plans: Sequence[Plan], *, on_delta: StepDelta | None = None,
-                  cancelled: Callable[[int], bool] | None = None) -> list[Result]:
+                  cancelled: Callable[[int], bool] | None = None,
+                  on_results: Callable[[list[tuple[int, Result]]], None] | None = None) -> list[Result]:
         """Run given plans together: steps of the same depth across all plans share batches.
 
         `on_delta(plan_index, step_index, text)`, when given, gets each step's new text as the executor writes
         it (before the step's output is stripped of surrounding white space). Once `cancelled(plan_index)` is
         true (the plan's caller went away), the plan runs no further step, its running step stops where the
-        executor can stop it (`cancellable` executors), and its result fails with CANCELLED."""
-        return self._run_plans(list(plans), [0.0] * len(plans), on_delta, cancelled)
+        executor can stop it (`cancellable` executors), and its result fails with CANCELLED. After each wave,
+        `on_results([(plan_index, result), ...])` gets the plans that ended in it, before longer plans end."""
+        return self._run_plans(list(plans), [0.0] * len(plans), on_delta, cancelled, on_results)
 
     def run_batch(self, rows: Iterable[Mapping | Sequence | str]) -> list[Result]:
         """Plan and run many tasks together: steps of the same depth across all tasks share batches.
@@ -221,7 +223,8 @@ class Orchestrator:
         return out
 
     def _run_plans(self, plans: Sequence[Plan], plan_ms: Sequence[float], on_delta: StepDelta | None = None,
-                   cancelled: Callable[[int], bool] | None = None) -> list[Result]:
+                   cancelled: Callable[[int], bool] | None = None,
+                   on_results: Callable[[list[tuple[int, Result]]], None] | None = None) -> list[Result]:
         from orchestrator.plan_runs import PlanRuns
 
         runs = PlanRuns(self)
@@ -229,8 +232,12 @@ class Orchestrator:
                         cancelled=None if cancelled is None else (lambda pi=pi: cancelled(pi)))
                for pi, (plan, ms) in enumerate(zip(plans, plan_ms))]
         results: dict[int, Result] = {}
+        index = {rid: pi for pi, rid in enumerate(ids)}
         while runs:
-            results.update(runs.advance())
+            ended = runs.advance()
+            results.update(ended)
+            if on_results is not None and ended:
+                on_results([(index[rid], result) for rid, result in ended.items()])
         return [results[i] for i in ids]
 
     # -- lifecycle --------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import statistics
@@ -112,14 +113,18 @@ async def level(url: str, clients: int, requests: int, time_limit: float, tasks:
     """`requests` chat completions from `clients` closed-loop clients; latencies and errors (and the server's
     CPU time per request, given its pid)."""
     latencies: list[float] = []
+    by_task: dict[int, list[float]] = {}
     errors = {"http": 0, "transport": 0, "wrong": 0}
     counter = iter(range(requests))
     headers = {"Authorization": "Bearer bench"}
     stop_at = time.perf_counter() + time_limit
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120) as http:
-        async def client() -> None:  # a connection of its own: one shared pool of 128 took 10 ms CPU a request
-            async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120) as own:
-                await loop(own)
+    async with contextlib.AsyncExitStack() as stack:
+        http = await stack.enter_async_context(httpx.AsyncClient(base_url=url, headers=headers, timeout=120))
+        # each client a connection of its own (one shared pool of 128 took 10 ms of client CPU a request), opened
+        # before the clock starts: the timed part is the steady state, not 128 connections being set up
+        own = [await stack.enter_async_context(httpx.AsyncClient(base_url=url, headers=headers, timeout=120))
+               for _ in range(clients)]
+        await asyncio.gather(*(c.get("/health") for c in own))
 
         async def loop(http: httpx.AsyncClient) -> None:
             for i in counter:
@@ -135,6 +140,7 @@ async def level(url: str, clients: int, requests: int, time_limit: float, tasks:
                     errors["transport"] += 1
                     continue
                 latencies.append(time.perf_counter() - t0)
+                by_task.setdefault(i % len(tasks), []).append(latencies[-1])
                 if r.status_code != 200:
                     errors["http"] += 1
                 elif r.json()["choices"][0]["message"]["content"] != answer(word):
@@ -143,7 +149,7 @@ async def level(url: str, clients: int, requests: int, time_limit: float, tasks:
         before = (await http.get("/health")).json()
         cpu0 = _cpu_s(server_pid) if server_pid else float("nan")
         t0 = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(clients)))
+        await asyncio.gather(*(loop(c) for c in own))
         wall = time.perf_counter() - t0
         cpu = (_cpu_s(server_pid) if server_pid else float("nan")) - cpu0
         after = (await http.get("/health")).json()
@@ -153,7 +159,8 @@ async def level(url: str, clients: int, requests: int, time_limit: float, tasks:
     return {"clients": clients, "requests": done, "errors": errors, "rps": done / wall if wall else 0.0,
             "p50": q[49] * 1000, "p99": q[98] * 1000, "batches": batches, "wall": wall,
             "cpu_ms": cpu * 1000 / done if done else float("nan"), "cores": cpu / wall if wall else float("nan"),
-            "mean_batch": done / batches if batches else float("nan")}
+            "mean_batch": done / batches if batches else float("nan"),
+            "task_ms": {t: (statistics.median(v) * 1000, max(v) * 1000) for t, v in sorted(by_task.items())}}
 
 
 async def streaming(url: str, requests: int) -> dict:
@@ -269,6 +276,8 @@ def main() -> None:
                  r["cores"])
         if errs:
             log.info("        errors at %d clients: %s", r["clients"], r["errors"])
+        log.info("        p50 / max ms by task: %s", "; ".join(
+            f"{TASKS[t][1][:24]!r} {p50:.0f} / {top:.0f}" for t, (p50, top) in r["task_ms"].items()))
     samples = [s for s in sampler.samples if s == s]
     log.info("server RSS: start %.0f MiB, after the warm-up %.0f MiB, end %.0f MiB, peak %.0f MiB (%d samples)",
              rss_start, rss_warm, rss_end, max(samples) if samples else float("nan"), len(samples))

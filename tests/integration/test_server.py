@@ -280,11 +280,11 @@ def _hold(server):
     batcher = server.state.batcher
     real, gate, started, seen = batcher.process, threading.Event(), threading.Event(), []
 
-    def held(jobs, *gone):
+    def held(jobs, **kw):
         seen.append(len(jobs))
         started.set()
         gate.wait(10)
-        return real(jobs, *gone)
+        return real(jobs, **kw)
 
     batcher.process = held
 

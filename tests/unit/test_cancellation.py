@@ -96,3 +96,43 @@ def test_the_batcher_tells_the_runner_who_went_away():
     result, stats = asyncio.run(asyncio.wait_for(main(), 10))
     assert seen["gone"] == [False, True] and result.error is None and stats.dropped == 1
 
+
+
+def test_a_short_plan_is_answered_before_a_longer_one_in_its_batch_ends():
+    executor = StoppableExecutor()
+    orc = Orchestrator(planner=SimpleNamespace(library=None, routing=None, composition=None), executor=executor)
+    runner = Runner(orc)
+    runner._outcomes = lambda results: [SimpleNamespace(result=r) for r in results]  # token counts beside the point
+    short = Plan(instruction="x", input="ab", steps=(Step(instruction="s0"),))
+    answered = {}
+    out = runner([Job(plan=_plan("cd")), Job(plan=short)],
+                 done=lambda i, outcome: answered.setdefault(i, (len(executor.calls), outcome)))
+    assert answered[1][0] == 1 and answered[0][0] == 3  # the short plan after the first executor call, of three
+    assert out[1] is answered[1][1] and out[0].result.output == "CD!!!" and out[1].result.output == "AB!"
+
+
+def test_the_batcher_answers_a_job_before_its_batch_ends():
+    release = threading.Event()
+    seen = {}
+
+    def process(jobs, done):
+        done(0, "first")
+        release.wait(5)
+        return ["ignored", "second"]
+
+    async def main():
+        b = MicroBatcher(process, max_batch=8, wait_ms=20, early_results=True)
+        await b.start()
+        try:
+            first = asyncio.ensure_future(b.submit("a"))
+            second = asyncio.ensure_future(b.submit("b"))
+            seen["first"] = await asyncio.wait_for(first, 5)  # while the batch still runs
+            seen["second_done_then"] = second.done()
+            release.set()
+            seen["second"] = await second
+        finally:
+            release.set()
+            await b.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 10))
+    assert seen == {"first": "first", "second_done_then": False, "second": "second"}

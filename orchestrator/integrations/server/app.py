@@ -91,7 +91,7 @@ class ServerState:
         self.batcher = MicroBatcher(self.runner, max_batch=self.config.max_batch, wait_ms=self.config.batch_wait_ms,
                                     max_queue=self.config.max_queue, on_batch=self.metrics.observe_batch,
                                     max_concurrent=self.config.concurrent_batches if self.runner.concurrent else 1,
-                                    tell_gone=True)
+                                    tell_gone=True, early_results=True)
         await self.batcher.start()
 
     async def close(self) -> None:

@@ -12,8 +12,9 @@ within `wait_ms`, up to `max_batch`, while the batch is smaller than the clients
 (their callers may be about to send their next ones) plus those that were already waiting when it ended. A lone
 caller's job therefore runs at once, and under load the waves of callers merge into full batches. A job whose
 caller went away (its future cancelled) before its batch formed is never run; one cancelled while its batch runs
-has its result dropped, and with `tell_gone` the batch function is told (`process(jobs, gone)`, `gone(i)`) so
-that it can stop that job's work.
+has its result dropped, and with `tell_gone` the batch function is told (`process(jobs, gone=...)`, `gone(i)`)
+so that it can stop that job's work. With `early_results`, `process(jobs, done=...)` may answer job i before the
+batch ends (`done(i, result)`, from its thread): a one-step task need not wait for a longer plan in its batch.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class _Item(Generic[J]):
     job: J
     future: asyncio.Future
     queued_at: float = field(default_factory=time.perf_counter)
+    early: bool = False  # its result was handed over before its batch ended
 
 
 @dataclass
@@ -63,7 +65,7 @@ class MicroBatcher(Generic[J]):
     """Collects jobs into batches for `process` (see the module docstring)."""
 
     def __init__(self, process: Callable[..., Sequence[Any]], *, max_batch: int = 32, wait_ms: float = 5.0,
-                 max_queue: int = 256, max_concurrent: int = 1, tell_gone: bool = False,
+                 max_queue: int = 256, max_concurrent: int = 1, tell_gone: bool = False, early_results: bool = False,
                  on_batch: Callable[[int, float], None] | None = None) -> None:
         if max_batch < 1 or max_queue < 1 or wait_ms < 0 or max_concurrent < 1:
             raise ConfigError(f"max_batch {max_batch}, max_queue {max_queue} and max_concurrent {max_concurrent} must "
@@ -74,7 +76,8 @@ class MicroBatcher(Generic[J]):
         self.max_queue = max_queue
         self.max_concurrent = max_concurrent
         self.on_batch = on_batch
-        self.tell_gone = tell_gone  # process(jobs, gone): gone(i) is true once job i's caller went away
+        self.tell_gone = tell_gone  # process(jobs, gone=...): gone(i) is true once job i's caller went away
+        self.early_results = early_results  # process(jobs, done=...): done(i, result) answers job i at once
         self.stats = BatchStats()
         self._items: deque[_Item[J]] = deque()
         self._arrived: asyncio.Event | None = None
@@ -177,11 +180,18 @@ class MicroBatcher(Generic[J]):
     async def _run_batch(self, live: list[_Item[J]]) -> None:
         t0 = time.perf_counter()
         try:
-            jobs = [item.job for item in live]
+            kwargs: dict[str, Any] = {}
             if self.tell_gone:
-                results = await asyncio.to_thread(self.process, jobs, lambda i: live[i].future.cancelled())
-            else:
-                results = await asyncio.to_thread(self.process, jobs)
+                kwargs["gone"] = lambda i: live[i].future.cancelled()
+            if self.early_results:
+                loop = asyncio.get_running_loop()
+
+                def done(i: int, result: Any) -> None:  # called from the batch's thread
+                    live[i].early = True
+                    loop.call_soon_threadsafe(self._resolve, live[i], result)
+
+                kwargs["done"] = done
+            results = await asyncio.to_thread(self.process, [item.job for item in live], **kwargs)
             if len(results) != len(live):
                 raise RuntimeError(f"batch function returned {len(results)} results for {len(live)} jobs")
         except asyncio.CancelledError:
@@ -200,9 +210,13 @@ class MicroBatcher(Generic[J]):
         if self.on_batch is not None:
             self.on_batch(len(live), busy)
         for item, result in zip(live, results):
-            if item.future.done():  # its caller went away while the batch ran
-                self.stats.dropped += 1
-            elif isinstance(result, BaseException):
-                item.future.set_exception(result)
-            else:
-                item.future.set_result(result)
+            if not item.early:
+                self._resolve(item, result)
+
+    def _resolve(self, item: _Item[J], result: Any) -> None:
+        if item.future.done():  # its caller went away while the batch ran
+            self.stats.dropped += 1
+        elif isinstance(result, BaseException):
+            item.future.set_exception(result)
+        else:
+            item.future.set_result(result)

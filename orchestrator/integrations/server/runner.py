@@ -214,8 +214,10 @@ class Runner:
         return on_delta
 
     def _run(self, plans: list[Plan], sinks: Sequence[Callable[[str], None] | None] = (),
-             gone: Callable[[int], bool] | None = None) -> list[Result | Exception]:
-        extra = {k: v for k, v in (("on_delta", self._on_delta(plans, sinks)), ("cancelled", gone)) if v is not None}
+             gone: Callable[[int], bool] | None = None,
+             ended: Callable[[list[tuple[int, Result]]], None] | None = None) -> list[Result | Exception]:
+        extra = {k: v for k, v in (("on_delta", self._on_delta(plans, sinks)), ("cancelled", gone),
+                                   ("on_results", ended)) if v is not None}
         try:
             return list(self.orc.run_plans(plans, **extra))
         except Exception:  # noqa: BLE001 (run each alone so that each gets its own error)
@@ -244,25 +246,37 @@ class Runner:
         except Exception as e:  # noqa: BLE001
             return e
 
-    def __call__(self, jobs: Sequence[Job], gone: Callable[[int], bool] | None = None) -> list[Outcome | Exception]:
+    def __call__(self, jobs: Sequence[Job], gone: Callable[[int], bool] | None = None,
+                 done: Callable[[int, Outcome], None] | None = None) -> list[Outcome | Exception]:
         """Plan and run `jobs` together; one Outcome or exception per job, in order. Once `gone(i)` is true (job
         i's caller went away), job i's plan runs no further and its running step stops where the executor can
-        stop it."""
+        stop it. `done(i, outcome)` gets job i's outcome as soon as its plan ends, before longer plans do."""
         self._follow_library()
+        early: dict[int, Outcome] = {}
         with self.lock.shared():
             plans = self._plans(jobs)
             results: list[Result | Exception | None] = [p if isinstance(p, Exception) else None for p in plans]
             shared = [i for i, p in enumerate(plans) if isinstance(p, Plan) and not self._seeded(jobs[i], p)]
             shared_gone = None if gone is None else (lambda k: gone(shared[k]))
-            ran = (self._run([plans[i] for i in shared], [jobs[i].sink for i in shared], shared_gone)  # type: ignore[misc]
-                   if shared else [])
+
+            def ended(wave: list[tuple[int, Result]]) -> None:  # one tokenizer call for the wave's token counts
+                for (k, _), outcome in zip(wave, self._outcomes([result for _, result in wave])):
+                    early[shared[k]] = outcome  # type: ignore[assignment]
+                    done(shared[k], outcome)  # type: ignore[misc]
+
+            ran = (self._run([plans[i] for i in shared], [jobs[i].sink for i in shared], shared_gone,  # type: ignore[misc]
+                             ended if done is not None else None) if shared else [])
             for i, result in zip(shared, ran):
                 results[i] = result
             for i, plan in enumerate(plans):
                 if results[i] is None and isinstance(plan, Plan):
                     results[i] = self._run_seeded(plan, jobs[i].seed, jobs[i].sink,  # type: ignore[arg-type]
                                                   None if gone is None else (lambda i=i: gone(i)))
-            return self._outcomes(results)  # type: ignore[arg-type]
+            rest = [i for i in range(len(jobs)) if i not in early]
+            out: list[Outcome | Exception | None] = [early.get(i) for i in range(len(jobs))]
+            for i, outcome in zip(rest, self._outcomes([results[i] for i in rest])):  # type: ignore[misc]
+                out[i] = outcome
+            return out  # type: ignore[return-value]
 
     def _follow_library(self) -> None:
         """Pick up bricks changed on disk, holding the lock alone (no batch running)."""
