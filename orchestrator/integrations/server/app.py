@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import itertools
 import json
 import logging
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -67,6 +68,14 @@ from orchestrator.integrations.server.tasks import (
 __all__ = ["create_app", "ServerState"]
 
 log = logging.getLogger(__name__)
+
+_RUN = os.urandom(8).hex()  # this process's part of response ids
+_SERIAL = itertools.count()
+
+
+def _response_id() -> str:
+    """A response id unique to this server run (no system call on the event loop, as uuid4 would make)."""
+    return f"{_RUN}{next(_SERIAL):08x}"
 
 
 class ServerState:
@@ -263,7 +272,7 @@ def create_app(config: ServerConfig | None = None, orchestrator=None, *, close_o
         stops = stops_of(req)
         task = ("", "") if req.plan is not None else chat_task(req.messages, req.input)
         job = make_job(orc(), req, task, config, decoding)
-        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        rid, created = f"chatcmpl-{_response_id()}", int(time.time())
         if req.stream:
             stream = TokenStream(state.batcher, [job], stops)
             await stream.start()  # an error before the first token is an ordinary error response
@@ -314,7 +323,7 @@ def create_app(config: ServerConfig | None = None, orchestrator=None, *, close_o
             raise APIError(400, "a plan runs with one prompt", param="plan")
         tasks = [("", "") if req.plan is not None else prompt_task(p, req.input) for p in prompts]
         jobs = [make_job(orc(), req, t, config, decoding) for t in tasks]
-        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        rid, created = f"cmpl-{_response_id()}", int(time.time())
         if req.stream:
             stream = TokenStream(state.batcher, jobs, stops)
             await stream.start()
