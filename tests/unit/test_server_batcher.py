@@ -381,3 +381,25 @@ def test_the_server_leaves_one_core_to_its_event_loop(monkeypatch):
     assert ServerConfig().threads() == 1  # never fewer than one
     with pytest.raises(ValueError, match="torch_threads"):
         ServerConfig(torch_threads=0)
+
+
+def test_the_server_freezes_long_lived_objects_before_serving_and_after_its_first_batches(monkeypatch):
+    import gc
+
+    from orchestrator.integrations.server.gc_freeze import WarmFreeze
+
+    calls = []
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(gc, "collect", lambda *a: calls.append("collect") or 0)
+    monkeypatch.setattr(gc, "unfreeze", lambda: calls.append("unfreeze"))
+    freezer = WarmFreeze(after_batches=3)
+    freezer.start()
+    for _ in range(5):
+        freezer.batch_done()
+    freezer.stop()
+    assert calls == ["collect", "freeze", "collect", "freeze", "unfreeze"]  # garbage freed first, never frozen
+    calls.clear()
+    once = WarmFreeze(after_batches=0)
+    once.start()
+    once.batch_done()
+    assert calls == ["collect", "freeze"]

@@ -35,6 +35,7 @@ from bricks.errors import BrickworkError
 from orchestrator.integrations.server.admin import admin_router
 from orchestrator.integrations.server.batcher import MicroBatcher
 from orchestrator.integrations.server.config import APIError, ServerConfig
+from orchestrator.integrations.server.gc_freeze import WarmFreeze
 from orchestrator.integrations.server.metrics import ServerMetrics
 from orchestrator.integrations.server.middleware import BodyLimit, RequestMetrics, bearer_check
 from orchestrator.integrations.server.runner import Job, Outcome, Runner
@@ -88,6 +89,7 @@ class ServerState:
         self.metrics = ServerMetrics()
         self.runner: Runner | None = None
         self.batcher: MicroBatcher | None = None
+        self.freezer = WarmFreeze(config.gc_freeze_after_batches) if config.gc_freeze else None
 
     async def open(self) -> None:
         if self.orc is None:
@@ -98,14 +100,23 @@ class ServerState:
         await asyncio.to_thread(importlib.import_module, "orchestrator.integrations.langchain")  # not on a request
         self.runner = Runner(self.orc, max_plan_steps=self.config.max_plan_steps)
         self.batcher = MicroBatcher(self.runner, max_batch=self.config.max_batch, wait_ms=self.config.batch_wait_ms,
-                                    max_queue=self.config.max_queue, on_batch=self.metrics.observe_batch,
+                                    max_queue=self.config.max_queue, on_batch=self._after_batch,
                                     max_concurrent=self.config.concurrent_batches if self.runner.concurrent else 1,
                                     tell_gone=True, early_results=True)
+        if self.freezer is not None:
+            self.freezer.start()
         await self.batcher.start()
+
+    def _after_batch(self, size: int, seconds: float) -> None:
+        self.metrics.observe_batch(size, seconds)
+        if self.freezer is not None:
+            self.freezer.batch_done()
 
     async def close(self) -> None:
         if self.batcher is not None:
             await self.batcher.stop()
+        if self.freezer is not None:
+            self.freezer.stop()
         if self.owns_orc and self.orc is not None:
             lock = self.runner.lock if self.runner is not None else None
             held = lock is not None and await asyncio.to_thread(lock.acquire, True, 30)  # a running batch ends first
@@ -235,6 +246,8 @@ def create_app(config: ServerConfig | None = None, orchestrator=None, *, close_o
     async def health() -> Health:
         """Liveness and load; needs no key."""
         b = state.batcher
+        import gc
+
         import torch
 
         loop = getattr(state.orc.executor, "loop_stats", None)
@@ -243,7 +256,8 @@ def create_app(config: ServerConfig | None = None, orchestrator=None, *, close_o
                       mean_batch=round(b.stats.mean_batch, 3) if b else 0.0,
                       concurrent_batches=b.max_concurrent if b else 1,
                       engine_joined=getattr(loop, "joined", None), dropped=b.stats.dropped if b else 0,
-                      engine_aborted=getattr(loop, "aborted", None), torch_threads=torch.get_num_threads())
+                      engine_aborted=getattr(loop, "aborted", None), torch_threads=torch.get_num_threads(),
+                      gc_frozen=gc.get_freeze_count())
 
     @app.get("/metrics", dependencies=[api_key])
     async def metrics() -> Response:

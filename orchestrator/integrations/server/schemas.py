@@ -226,6 +226,7 @@ class Health(BaseModel):
     dropped: int = 0  # jobs whose caller went away: never run, or stopped while their batch ran
     engine_aborted: int | None = None  # vLLM: requests aborted in the engine because their caller went away
     torch_threads: int = 1  # torch's CPU threads in the server process
+    gc_frozen: int = 0  # objects moved out of the garbage collector's passes (gc_freeze.py)
 
 
 class AdminBrickRequest(_Strict):
