@@ -392,6 +392,7 @@ def test_the_server_freezes_long_lived_objects_before_serving_and_after_its_firs
     monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
     monkeypatch.setattr(gc, "collect", lambda *a: calls.append("collect") or 0)
     monkeypatch.setattr(gc, "unfreeze", lambda: calls.append("unfreeze"))
+    monkeypatch.setattr(gc, "get_freeze_count", lambda: 7)
     freezer = WarmFreeze(after_batches=3)
     freezer.start()
     for _ in range(5):

@@ -53,4 +53,5 @@ def serve(config: ServerConfig, orchestrator=None, *, log_level: str = "info",
     torch.set_num_threads(config.threads())
     log.info("torch CPU threads: %d", config.threads())
     app = create_app(config, orchestrator, close_orchestrator=close_orchestrator)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, timeout_graceful_shutdown=10)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, timeout_graceful_shutdown=10,
+                timeout_keep_alive=config.keep_alive_s)

@@ -246,8 +246,6 @@ def create_app(config: ServerConfig | None = None, orchestrator=None, *, close_o
     async def health() -> Health:
         """Liveness and load; needs no key."""
         b = state.batcher
-        import gc
-
         import torch
 
         loop = getattr(state.orc.executor, "loop_stats", None)
@@ -257,7 +255,7 @@ def create_app(config: ServerConfig | None = None, orchestrator=None, *, close_o
                       concurrent_batches=b.max_concurrent if b else 1,
                       engine_joined=getattr(loop, "joined", None), dropped=b.stats.dropped if b else 0,
                       engine_aborted=getattr(loop, "aborted", None), torch_threads=torch.get_num_threads(),
-                      gc_frozen=gc.get_freeze_count())
+                      gc_frozen=state.freezer.frozen if state.freezer else 0)
 
     @app.get("/metrics", dependencies=[api_key])
     async def metrics() -> Response:

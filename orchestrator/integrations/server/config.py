@@ -61,6 +61,10 @@ class ServerConfig(BaseModel):
     the HTTP event loop: torch's idle threads spin, and on a small machine they took the event loop's time (toy
     world, 2 cores, 32 clients: 133 req/s with 2 threads, 193 with 1; one client: 52 and 58 req/s)."""
 
+    keep_alive_s: float = Field(default=75.0, gt=0)
+    """How long an idle connection stays open. Longer than the pools of common clients keep one (httpx and the
+    `openai` package: 5 s), so a client never sends on a connection the server is closing (uvicorn's 5 s default
+    raced with them: ReadError on ~1 in 1,000 requests at 128 clients)."""
     gc_freeze: bool = True
     """Freeze the objects that live as long as the server out of the garbage collector's full passes, before
     serving and after `gc_freeze_after_batches` batches (toy world: p99 of 10,000 requests 485 -> 225 ms)."""
