@@ -58,16 +58,15 @@ class ServerConfig(BaseModel):
     """The most prompts one /v1/completions request may list."""
     torch_threads: int | None = Field(default=None, ge=1, le=1024)
     """Torch's CPU threads (None: every core this process may use but one, at least 1). The core left over runs
-    the HTTP event loop: torch's idle threads spin, and on a small machine they took the event loop's time (toy
-    world, 2 cores, 32 clients: 133 req/s with 2 threads, 193 with 1; one client: 52 and 58 req/s)."""
-
+    the HTTP event loop: torch's idle threads spin. Toy world, 2 cores, 32 clients: 1 thread served 249 req/s on
+    0.94 cores, 2 threads 239 req/s on 1.71 (`bench_serve.py --torch-threads 2`)."""
     keep_alive_s: float = Field(default=75.0, gt=0)
     """How long an idle connection stays open. Longer than the pools of common clients keep one (httpx and the
     `openai` package: 5 s), so a client never sends on a connection the server is closing (uvicorn's 5 s default
     raced with them: ReadError on ~1 in 1,000 requests at 128 clients)."""
     gc_freeze: bool = True
     """Freeze the objects that live as long as the server out of the garbage collector's full passes, before
-    serving and after `gc_freeze_after_batches` batches (toy world: p99 of 10,000 requests 485 -> 225 ms)."""
+    serving and after `gc_freeze_after_batches` batches (toy world: p99 of 10,000 requests 485 -> 234 ms)."""
     gc_freeze_after_batches: int = Field(default=20, ge=0)
 
     def threads(self) -> int:
