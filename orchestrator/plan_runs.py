@@ -119,7 +119,8 @@ class PlanRuns:
         return finished
 
     def _blocked(self, run: _Run, si: int) -> bool:
-        """Record why step `si` cannot run (failed input, abstain, cancelled, a prompt that cannot be rendered)."""
+        """Record why step `si` cannot run (its input failed, its caller went away, it abstains); else set its
+        input and return False."""
         step = run.plan.steps[si]
         src = step.input_from
         if src is not None and run.errors[src] is not None:
