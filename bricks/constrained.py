@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from bricks.errors import ConfigError, MissingExtraError
 from bricks.generation import encode_prompt
+from bricks.prompt_batches import left_padded
 
 __all__ = ["JsonGrammar", "json_ebnf", "grammar_ebnf", "generate_json", "generate_grammar", "token_budgets",
            "stop_token_ids", "accepted_prefix", "decode_tokens", "can_start", "XgrammarMissingError"]
@@ -270,12 +271,8 @@ def generate_grammar(model, tokenizer, prompts: Sequence[str], ebnf: str, *, max
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            length = max(len(encoded[i]) for i in chunk)
-            ids = torch.full((len(chunk), length), pad, dtype=torch.long)  # [B, T], left-padded
-            mask = torch.zeros((len(chunk), length), dtype=torch.long)  # [B, T]
-            for row, i in enumerate(chunk):
-                ids[row, length - len(encoded[i]):] = torch.tensor(encoded[i])
-                mask[row, length - len(encoded[i]):] = 1
+            ids, mask = left_padded([encoded[i] for i in chunk], pad)  # [B, T]
+            length = ids.shape[1]
             rows = _GrammarRows(compiled, [budgets[i] for i in chunk], stops)
             greedy = GenerationConfig(max_new_tokens=max(budgets[i] for i in chunk), do_sample=False, num_beams=1,
                                       eos_token_id=stops, pad_token_id=pad)  # not the model's: no penalties

@@ -8,7 +8,15 @@ from typing import Any
 
 from bricks.errors import BrickworkError
 from bricks.fast_decode import FastDecode, decode_kwargs, fast_decode_active
-from bricks.prefix_share import PrefixStats, attention_window, plan_prefixes, prefill_prefixes, shared_layout
+from bricks.prefix_share import (
+    PrefixPlan,
+    PrefixStats,
+    attention_window,
+    plan_prefixes,
+    prefill_prefixes,
+    shared_layout,
+)
+from bricks.prompt_batches import left_padded
 
 __all__ = ["generate_texts", "encode_prompt", "encode_prompts", "GenerationOutOfMemoryError"]
 
@@ -43,19 +51,6 @@ def _oom_errors() -> tuple[type, ...]:
 
     found = {getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)}
     return tuple(e for e in found if e is not None)
-
-
-def _left_padded(rows: Sequence[Sequence[int]], pad: int):
-    """(input_ids, attention_mask) [rows, longest]: every prompt ends at the last column."""
-    import torch
-
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for row, e in enumerate(rows):
-        ids[row, width - len(e):] = torch.tensor(list(e))
-        mask[row, width - len(e):] = 1
-    return ids, mask
 
 
 def _stop_rows(chunk: list[int], cancelled: Callable[[int], bool], *others):
@@ -112,28 +107,28 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     share = share_prefixes and not (fast_decode is not None and fast_decode_active(model, fast_decode)[0])
     window = attention_window(model.config) if share else None
 
+    def sharing(rows: list, keys) -> PrefixPlan | None:
+        """The prefixes `rows` share, when sharing them pays and padding between prefix and rest would not
+        count in a sliding attention window."""
+        if not share or len(rows) < 2:
+            return None
+        plan = plan_prefixes(rows, keys)
+        if not plan.worth_it(rows) or (window is not None and plan.layout_width(rows) + max_new_tokens > window):
+            return None
+        return plan
+
     def run(chunk: list[int]) -> None:
         if cancelled is not None and all(cancelled(i) for i in chunk):
             return
         rows = [encoded[i] for i in chunk]
-        plan = plan_prefixes(rows, [row_keys[i] for i in chunk] if row_keys is not None else None) if share else None
+        plan = sharing(rows, [row_keys[i] for i in chunk] if row_keys is not None else None)
+        ids, mask = shared_layout(rows, plan, pad) if plan is not None else left_padded(rows, pad)
         cache = None
-        if plan is not None and len(chunk) > 1 and plan.worth_it(rows):
-            ids, mask = shared_layout(rows, plan, pad)
-            if window is not None and ids.shape[1] + max_new_tokens > window:  # padding would count in the window
-                plan = None
-                ids, mask = _left_padded(rows, pad)
-        else:
-            plan = None
-            ids, mask = _left_padded(rows, pad)
         if plan is not None:
             context = None if batch_context is None else (lambda reps: batch_context([chunk[r] for r in reps]))
             cache = prefill_prefixes(model, rows, plan, pad, device, context)
             if prefix_stats is not None:
-                prefix_stats.batches += 1
-                prefix_stats.rows += len(rows)
-                prefix_stats.saved_tokens += plan.saved_tokens()
-                prefix_stats.prompt_tokens += sum(len(r) for r in rows)
+                prefix_stats.count(plan, rows)
         width = ids.shape[1]
         ids, mask = ids.to(device), mask.to(device)  # filled on the CPU, copied once per batch
         with batch_context(chunk) if batch_context is not None else contextlib.nullcontext():

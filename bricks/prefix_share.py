@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bricks.prompt_batches import left_padded
+
 __all__ = ["PrefixPlan", "PrefixStats", "plan_prefixes", "shared_layout", "prefill_prefixes", "attention_window"]
 
 
@@ -37,6 +39,13 @@ class PrefixStats:
     rows: int = 0
     saved_tokens: int = 0
     prompt_tokens: int = 0
+
+    def count(self, plan: PrefixPlan, encoded: Sequence[Sequence[int]]) -> None:
+        """Count a batch of `encoded` rows that shared prefixes as `plan` says."""
+        self.batches += 1
+        self.rows += len(encoded)
+        self.saved_tokens += plan.saved_tokens()
+        self.prompt_tokens += sum(len(e) for e in encoded)
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,14 @@ class PrefixPlan:
     def width(self) -> int:
         """P: the longest prefix."""
         return max(self.length, default=0)
+
+    def cuts(self, rows: int) -> list[int]:
+        """Each row's prefix length."""
+        return [self.length[self.group[r]] for r in range(rows)]
+
+    def layout_width(self, encoded: Sequence[Sequence[int]]) -> int:
+        """P + S: the columns of `shared_layout`, S being the longest rest."""
+        return self.width + max(len(e) - c for e, c in zip(encoded, self.cuts(len(encoded))))
 
     def saved_tokens(self) -> int:
         """Prefill tokens not computed: each group's prefix once instead of once per row."""
@@ -109,19 +126,10 @@ def shared_layout(encoded: Sequence[Sequence[int]], plan: PrefixPlan, pad: int):
     to S (the longest rest)."""
     import torch
 
-    p = plan.width
-    cut = [plan.length[plan.group[r]] for r in range(len(encoded))]
-    s = max(len(e) - c for e, c in zip(encoded, cut))
-    ids = torch.full((len(encoded), p + s), pad, dtype=torch.long)
-    mask = torch.zeros((len(encoded), p + s), dtype=torch.long)
-    for r, (e, c) in enumerate(zip(encoded, cut)):
-        head, tail = list(e[:c]), list(e[c:])
-        if head:
-            ids[r, p - len(head):p] = torch.tensor(head)
-            mask[r, p - len(head):p] = 1
-        ids[r, p + s - len(tail):] = torch.tensor(tail)
-        mask[r, p + s - len(tail):] = 1
-    return ids, mask
+    cuts = plan.cuts(len(encoded))
+    heads = left_padded([e[:c] for e, c in zip(encoded, cuts)], pad, plan.width)
+    tails = left_padded([e[c:] for e, c in zip(encoded, cuts)], pad)
+    return torch.cat([heads[0], tails[0]], 1), torch.cat([heads[1], tails[1]], 1)
 
 
 def prefill_prefixes(model, encoded: Sequence[Sequence[int]], plan: PrefixPlan, pad: int, device,
@@ -132,13 +140,7 @@ def prefill_prefixes(model, encoded: Sequence[Sequence[int]], plan: PrefixPlan, 
     import torch
     from transformers import DynamicCache
 
-    p = plan.width
-    ids = torch.full((len(plan.rep), p), pad, dtype=torch.long)
-    mask = torch.zeros((len(plan.rep), p), dtype=torch.long)
-    for g, (r, n) in enumerate(zip(plan.rep, plan.length)):
-        if n:
-            ids[g, p - n:] = torch.tensor(list(encoded[r][:n]))
-            mask[g, p - n:] = 1
+    ids, mask = left_padded([encoded[r][:n] for r, n in zip(plan.rep, plan.length)], pad, plan.width)
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers them: real tokens only
     cache = DynamicCache(config=model.config)

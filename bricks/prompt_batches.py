@@ -4,7 +4,8 @@
     seen = feed_batches(model, items, 64, run, handles, on_batch)   # run(batch) per batch; hooks removed after
 
 `right_padded` builds a batch whose prompts all start at column 0 (causal attention leaves real tokens unaffected
-by the padding after them), as statistics over prompt tokens want.
+by the padding after them), as statistics over prompt tokens want; `left_padded` one whose prompts all end at the
+last column, as generation wants.
 """
 
 from __future__ import annotations
@@ -12,21 +13,34 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-__all__ = ["feed_batches", "right_padded"]
+__all__ = ["feed_batches", "right_padded", "left_padded"]
 
 T = TypeVar("T")
 
 
 def right_padded(encoded: Sequence[Sequence[int]], pad: int):
     """(input_ids, attention_mask) [B, T]: each row's tokens from column 0, then `pad`."""
+    return _padded(encoded, pad, None, left=False)
+
+
+def left_padded(encoded: Sequence[Sequence[int]], pad: int, width: int | None = None):
+    """(input_ids, attention_mask) [B, width (default: the longest row)]: `pad`, then each row's tokens ending at
+    the last column, as generation wants them."""
+    return _padded(encoded, pad, width, left=True)
+
+
+def _padded(encoded: Sequence[Sequence[int]], pad: int, width: int | None, *, left: bool):
     import torch
 
-    width = max(len(e) for e in encoded)
+    width = max((len(e) for e in encoded), default=0) if width is None else width
     ids = torch.full((len(encoded), width), pad, dtype=torch.long)
     mask = torch.zeros((len(encoded), width), dtype=torch.long)
     for r, e in enumerate(encoded):
-        ids[r, : len(e)] = torch.tensor(list(e))
-        mask[r, : len(e)] = 1
+        if not len(e):
+            continue
+        cols = slice(width - len(e), width) if left else slice(0, len(e))
+        ids[r, cols] = torch.tensor(list(e))
+        mask[r, cols] = 1
     return ids, mask
 
 

@@ -195,12 +195,9 @@ class Orchestrator:
             log.warning("a batch of %d requests failed (%s); retrying each brick configuration alone", len(requests), e)
         out: list[str | Exception] = [""] * len(requests)
         for idx in group_requests(requests).values():
+            alone = {} if stop is None else {"cancelled": lambda k, idx=idx: stop(idx[k])}
             try:
-                if stop is not None:
-                    texts: list[str | Exception] = list(self.executor.generate(
-                        [requests[i] for i in idx], cancelled=lambda k, idx=idx: stop(idx[k])))
-                else:
-                    texts = list(self.executor.generate([requests[i] for i in idx]))
+                texts: list[str | Exception] = list(self.executor.generate([requests[i] for i in idx], **alone))
             except Exception as e:  # noqa: BLE001
                 texts = [e] * len(idx)
             for i, text in zip(idx, texts):

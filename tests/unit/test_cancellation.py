@@ -136,3 +136,25 @@ def test_the_batcher_answers_a_job_before_its_batch_ends():
 
     asyncio.run(asyncio.wait_for(main(), 10))
     assert seen == {"first": "first", "second_done_then": False, "second": "second"}
+
+
+def test_a_plan_answered_early_is_not_run_again_when_the_shared_run_fails():
+    executor = StoppableExecutor()
+    orc = Orchestrator(planner=SimpleNamespace(library=None, routing=None, composition=None), executor=executor)
+    runner = Runner(orc)
+    runner._outcomes = lambda results: [SimpleNamespace(result=r) for r in results]
+    real = orc.run_plans
+
+    def failing_after_first_wave(plans, **kw):
+        if len(plans) == 1:
+            return real(plans, **kw)
+        on_results = kw.pop("on_results")
+        real(plans[1:], on_results=lambda wave: on_results([(1, r) for _, r in wave]))  # the short plan ends...
+        raise RuntimeError("the shared run broke")  # ...then the shared run fails
+
+    orc.run_plans = failing_after_first_wave
+    short = Plan(instruction="x", input="ab", steps=(Step(instruction="s0"),))
+    answered = {}
+    out = runner([Job(plan=_plan("cd")), Job(plan=short)], done=lambda i, outcome: answered.setdefault(i, outcome))
+    assert set(answered) == {1} and out[1] is answered[1] and out[0].result.output == "CD!!!"
+    assert [prompts for prompts, _ in executor.calls].count(["ab"]) == 1  # the short plan ran once, not twice

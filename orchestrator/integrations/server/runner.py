@@ -215,17 +215,28 @@ class Runner:
 
     def _run(self, plans: list[Plan], sinks: Sequence[Callable[[str], None] | None] = (),
              gone: Callable[[int], bool] | None = None,
-             ended: Callable[[list[tuple[int, Result]]], None] | None = None) -> list[Result | Exception]:
+             ended: Callable[[list[tuple[int, Result]]], None] | None = None) -> list[Result | Exception | None]:
+        """Run `plans` together (`ended` gets each wave's finished plans); if that fails, each alone, except those
+        `ended` already got (None in their place)."""
+        answered: set[int] = set()  # plans `ended` already got
+
+        def on_results(wave: list[tuple[int, Result]]) -> None:
+            ended(wave)  # type: ignore[misc]
+            answered.update(k for k, _ in wave)
+
         extra = {k: v for k, v in (("on_delta", self._on_delta(plans, sinks)), ("cancelled", gone),
-                                   ("on_results", ended)) if v is not None}
+                                   ("on_results", on_results if ended is not None else None)) if v is not None}
         try:
             return list(self.orc.run_plans(plans, **extra))
         except Exception:  # noqa: BLE001 (run each alone so that each gets its own error)
             if len(plans) == 1:
                 raise
             log.warning("a shared run of %d plans failed; running each alone", len(plans), exc_info=True)
-        out: list[Result | Exception] = []
+        out: list[Result | Exception | None] = []
         for i, plan in enumerate(plans):
+            if i in answered:  # its result already went out: not run again
+                out.append(None)
+                continue
             try:
                 alone = {} if gone is None else {"cancelled": lambda _, i=i: gone(i)}
                 out.append(self.orc.run_plans([plan], **alone)[0])
