@@ -133,17 +133,17 @@ def shared_layout(encoded: Sequence[Sequence[int]], plan: PrefixPlan, pad: int):
 
 
 def prefill_prefixes(model, encoded: Sequence[Sequence[int]], plan: PrefixPlan, pad: int, device,
-                     context: Callable[[list[int]], Any] | None = None):
+                     context: Callable[[list[int]], Any] | None = None, cache=None):
     """The KV cache of every row's prefix, P positions ([rows, heads, P, head_dim] per layer): each group's
     prefix computed once (left-padded to P, in `context(plan.rep)` when given: the groups' rows' LoRA and masks)
-    and then copied to its rows."""
+    and then copied to its rows. `cache`: an empty cache to fill (default: a new `DynamicCache`)."""
     import torch
     from transformers import DynamicCache
 
     ids, mask = left_padded([encoded[r][:n] for r, n in zip(plan.rep, plan.length)], pad, plan.width)
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers them: real tokens only
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache(config=model.config) if cache is None else cache
     with context(list(plan.rep)) if context is not None else contextlib.nullcontext():
         model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
               logits_to_keep=1)

@@ -147,3 +147,13 @@ def test_transformers_rows_that_start_alike_share_their_prefill(request, expecte
     assert stats.batches > before.batches and stats.saved_tokens > before.saved_tokens  # it did share, same texts
     monkeypatch.setattr(executor, "share_prefixes", False)
     assert executor.generate(CASES[case]) == expected[case] and stats.batches == executor.prefix_stats.batches
+
+
+@pytest.mark.parametrize("name", ["transformers", "transformers_grouped"])
+@pytest.mark.parametrize("case", ["lora", "mixed"])
+def test_transformers_lean_greedy_loop_and_generate_give_the_same_texts(request, expected, name, case, monkeypatch):
+    executor = request.getfixturevalue(f"{name}_executor")
+    assert executor.lean_greedy  # the default: finished rows leave the batch (bricks.greedy_decode)
+    assert executor.generate(CASES[case]) == expected[case]
+    monkeypatch.setattr(executor, "lean_greedy", False)
+    assert executor.generate(CASES[case]) == expected[case]
