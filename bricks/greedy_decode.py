@@ -98,6 +98,13 @@ def growing_cache(config, reserve: int):
     return cache
 
 
+def _select_rows(cache, index) -> None:
+    """Keep rows `index` of every cache layer (on the layer's own device: a model split over devices)."""
+    for layer in cache.layers:
+        keys = getattr(layer, "keys", None)
+        layer.batch_select_indices(index if keys is None else index.to(keys.device))
+
+
 @functools.lru_cache(maxsize=None)
 def _takes_positions(model_type: type) -> bool:
     return "position_ids" in inspect.signature(model_type.forward).parameters
@@ -177,7 +184,7 @@ def greedy_rows(model, ids, mask, *, max_new_tokens: int, eos: Sequence[int], pa
                 left = set(gone)
                 keep = [k for k in range(len(rows.live)) if k not in left]
                 index = torch.tensor(keep, dtype=torch.long, device=ids.device)
-                cache.batch_select_indices(index)
+                _select_rows(cache, index)
                 tokens = tokens[index]
                 attention = None if attention is None else attention[index]
                 step_pos = None if step_pos is None else step_pos[index]

@@ -10,7 +10,7 @@ from index import SearchHit
 from orchestrator.plan import BrickConfig, BrickRef, Decoding, Plan, Step
 from orchestrator.validation import check_text
 from policies import BASE_KEY, Composition, Decomposer, Route, RoutingPolicy, RuleDecomposer, TopOne
-from policies.routing import EmergentRoutes, emergent_routes
+from policies.routing import EmergentRoutes, emergent_routes, route_class
 
 __all__ = ["Planner"]
 
@@ -137,8 +137,7 @@ class Planner:
         if self._reranker_cache is None or self._reranker_cache[0] != stamp:
             base_examples = tuple(getattr(self.library, "base_examples", None) or ())
             groups = emergent_routes(self._bricks.values(), base_examples, 0.0).by_text
-            self._reranker_cache = (stamp, HeadReranker(self.index, targets=targets, base_key=BASE_KEY,
-                                                        base_group=lambda text: groups.get(text, text),
+            self._reranker_cache = (stamp, HeadReranker(self.index, targets=targets, groups=groups,
                                                         hidden=emergent.hidden))
         return self._reranker_cache[1]
 
@@ -156,7 +155,7 @@ class Planner:
         def route_of(best: SearchHit | None) -> tuple[str, str] | None:
             if best is None:
                 return None
-            return (best.key, emergent.by_text.get(best.text, best.text) if best.key == BASE_KEY else "")
+            return route_class(best.key, best.text, emergent.by_text)
 
         suspect, pos = [], 0
         for i, ps in enumerate(parts):

@@ -9,10 +9,11 @@ and the trained phrasing its best text stands for as its text.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 
 from index import SearchHit
 from index.router_head import RERANK_WEIGHT, RouterHead
+from policies.routing import route_class
 
 __all__ = ["HeadReranker", "MAX_HEAD_TEXTS"]
 
@@ -22,8 +23,8 @@ MAX_HEAD_TEXTS = 20_000  # past this many indexed texts, routes are ranked by ne
 class HeadReranker:
     """A routing head over an index's texts, and the reranking of search hits it gives."""
 
-    def __init__(self, index, *, targets: Mapping[tuple[str, str], str], base_key: str,
-                 base_group: Callable[[str], str], hidden: Collection[str], weight: float = RERANK_WEIGHT) -> None:
+    def __init__(self, index, *, targets: Mapping[tuple[str, str], str], groups: Mapping[str, str],
+                 hidden: Collection[str], weight: float = RERANK_WEIGHT) -> None:
         import numpy as np
         import torch
 
@@ -35,7 +36,7 @@ class HeadReranker:
             if key in hidden:
                 continue
             shown = targets.get((key, text), text)
-            name = (key, base_group(shown)) if key == base_key else (key, "")
+            name = route_class(key, shown, groups)
             labels.append(names.setdefault(name, len(names)))
             rows.append(i)
             self._texts.append((key, shown))

@@ -13,10 +13,16 @@ from bricks.errors import BrickworkError, ConfigError
 if TYPE_CHECKING:
     from index import SearchHit
 
-__all__ = ["BASE_KEY", "RoutedBrick", "Route", "RoutingPolicy", "TopOne", "TopKWeighted", "snap_weights",
+__all__ = ["BASE_KEY", "route_class", "RoutedBrick", "Route", "RoutingPolicy", "TopOne", "TopKWeighted", "snap_weights",
            "DEFAULT_EMERGENT_MIN_RETENTION", "EmergentRoutes", "emergent_routes"]
 
 BASE_KEY = "base"  # the index entry for what the base model does with no brick
+
+
+def route_class(key: str, text: str, groups: Mapping[str, str]) -> tuple[str, str]:
+    """The route an index hit stands for: its brick key, or for the base entry (key, skill), the skill being
+    `groups[text]` (the emergent brick that serves that base example) or else the example itself."""
+    return (key, groups.get(text, text)) if key == BASE_KEY else (key, "")
 DEFAULT_EMERGENT_MIN_RETENTION = 0.99  # a base skill's step runs on its emergent brick when it keeps this much
 
 

@@ -103,8 +103,7 @@ def test_misspelt_step_is_repaired_before_search(alias_planner):
 
 def test_reranker_classes_split_the_base_entry_per_base_example(alias_planner):
     targets = alias_planner._alias_targets()
-    reranker = HeadReranker(alias_planner.index, targets=targets, base_key=BASE_KEY, base_group=lambda t: t,
-                            hidden=())
+    reranker = HeadReranker(alias_planner.index, targets=targets, groups={}, hidden=())
     assert reranker.classes == 3  # caesar, base "Reverse the text." (with its alias), base "Count the letters."
     vector = alias_planner.index.embedder.embed(["Count the letters."])
     hits = reranker.rerank(vector, 3)[0]
