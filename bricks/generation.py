@@ -8,7 +8,7 @@ from typing import Any
 
 from bricks.errors import BrickworkError
 from bricks.fast_decode import FastDecode, decode_kwargs, fast_decode_active
-from bricks.greedy_decode import greedy_rows, growing_cache, lean_problems
+from bricks.lean_decode import Sampling, decode_rows, growing_cache, lean_problems
 from bricks.prefix_share import (
     PrefixPlan,
     PrefixStats,
@@ -74,7 +74,7 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
                    fast_decode: FastDecode | None = None,
                    cancelled: Callable[[int], bool] | None = None,
                    share_prefixes: bool = False, row_keys: Sequence[str] | None = None,
-                   prefix_stats: PrefixStats | None = None, lean_greedy: bool = False) -> list[str]:
+                   prefix_stats: PrefixStats | None = None, lean_decode: bool = False) -> list[str]:
     """The completion of each prompt, without the prompt and without special tokens.
 
     Prompts are grouped by length so that a batch wastes little padding; results keep the input order.
@@ -90,7 +90,7 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     With `share_prefixes`, rows of a batch whose prompts start alike (and whose `row_keys`, their brick
     configurations, are equal; None: all alike) compute that start once (`bricks.prefix_share`), when that skips
     at least a quarter of the batch's prompt tokens and the static KV cache is off (counted in `prefix_stats`).
-    With `lean_greedy`, a greedy batch runs `bricks.greedy_decode.greedy_rows` (finished rows leave the batch;
+    With `lean_decode`, a batch runs `bricks.lean_decode.decode_rows` (finished rows leave the batch; greedy:
     the same tokens) where `lean_problems` finds nothing against it, else `generate`.
     """
     import torch
@@ -110,7 +110,7 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     fast = fast_decode is not None and fast_decode_active(model, fast_decode)[0]
     share = share_prefixes and not fast
     window = attention_window(model.config) if share else None
-    lean = lean_greedy and not fast and not lean_problems(model, do_sample=do_sample, generate_kwargs=generate_kwargs)
+    lean = lean_decode and not fast and not lean_problems(model, do_sample=do_sample, generate_kwargs=generate_kwargs)
     eos = tokenizer.eos_token_id
     eos_ids = [] if eos is None else list(eos) if isinstance(eos, (list, tuple)) else [eos]
 
@@ -140,8 +140,9 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
         width = ids.shape[1]
         ids, mask = ids.to(device), mask.to(device)  # filled on the CPU, copied once per batch
         if lean:
-            tokens = greedy_rows(
+            tokens = decode_rows(
                 model, ids, mask, max_new_tokens=max_new_tokens, eos=eos_ids, pad=pad, cache=cache,
+                sampling=Sampling(temperature, top_p) if do_sample else None,
                 context=None if batch_context is None else (lambda rs: batch_context([chunk[r] for r in rs])),
                 stopped=None if cancelled is None else (lambda r: cancelled(chunk[r])),
                 streamer=None if streamer is None else streamer(chunk))

@@ -156,6 +156,6 @@ def reference_executor(conformance_library):
     from orchestrator.executors.transformers import TransformersExecutor
 
     ex = TransformersExecutor(world_model_dir(), conformance_library, dtype="float32", batch_size=1, compact=False,
-                              lean_greedy=False)
+                              lean_decode=False)
     yield ex
     ex.close()

@@ -72,8 +72,8 @@ class TransformersExecutor:
     mask, kept in a cache of at most `compact_cache_bytes`); `fast_decode` (bricks.fast_decode.FastDecode) adds a
     static KV cache and a compiled decode step, on a GPU by default. With `share_prefixes`, rows of a batch with
     the same configuration whose prompts start alike compute that start once (`bricks.prefix_share`; dynamic KV
-    cache only). With `lean_greedy`, greedy batches run a loop whose finished rows leave the batch and whose KV
-    cache grows in place (`bricks.greedy_decode`: the same tokens as `generate`, which runs whatever it cannot).
+    cache only). With `lean_decode`, batches run a loop whose finished rows leave the batch and whose KV cache
+    grows in place (`bricks.lean_decode`: greedy, the same tokens as `generate`, which runs whatever it cannot).
 
     LoRA bricks are loaded into one PeftModel on first use and kept; several bricks in one step are combined
     with PEFT's `add_weighted_adapter` (cat, svd, linear, ties, dare_linear, dare_ties, ...), and the combined
@@ -90,7 +90,7 @@ class TransformersExecutor:
                  trust_remote_code: bool = False, merge_seed: int = 0, compact: bool = True,
                  merge_cache_size: int = 16, merge_cache_bytes: int | None = None, device: str | None = "auto",
                  device_map: str | dict | None = None, mixed_batches: bool = True, mixed_group_rows: int = 32,
-                 fast_decode=None, share_prefixes: bool = True, lean_greedy: bool = True,
+                 fast_decode=None, share_prefixes: bool = True, lean_decode: bool = True,
                  compact_cache_bytes: int = 4 * 2**30) -> None:
         from bricks.device import resolve_device
         from bricks.emergent.compact_cache import CompactCache
@@ -120,7 +120,7 @@ class TransformersExecutor:
         self._base_switch = BaseOnly()  # LoRA layers off, found once per set of loaded adapters
         self.share_prefixes = share_prefixes  # rows of a batch that start alike compute that start once
         self.prefix_stats = PrefixStats()
-        self.lean_greedy = lean_greedy  # greedy batches whose finished rows leave (bricks.greedy_decode)
+        self.lean_decode = lean_decode  # batches whose finished rows leave (bricks.lean_decode)
 
     @property
     def model_config(self):
@@ -288,7 +288,7 @@ class TransformersExecutor:
                         texts = generate_texts(self.model, self.tokenizer, prompts,
                                                streamer=self._streamer(idx, on_delta), fast_decode=self.fast_decode,
                                                cancelled=_local(idx, cancelled), share_prefixes=self.share_prefixes,
-                                               prefix_stats=self.prefix_stats, lean_greedy=self.lean_greedy,
+                                               prefix_stats=self.prefix_stats, lean_decode=self.lean_decode,
                                                **kwargs)
                     for i, text in zip(idx, texts):
                         out[i] = text
@@ -339,7 +339,7 @@ class TransformersExecutor:
                               streamer=streamer, fast_decode=dataclasses.replace(self.fast_decode, compile=False),
                               cancelled=cancelled, share_prefixes=self.share_prefixes,
                               row_keys=[r.config.key for r in requests], prefix_stats=self.prefix_stats,
-                              lean_greedy=self.lean_greedy, **kwargs)
+                              lean_decode=self.lean_decode, **kwargs)
 
     def _stack(self, needed: Sequence[str]):
         """The loaded adapters stacked for one-pass batches (rebuilt when adapters are loaded or deleted); only

@@ -151,9 +151,9 @@ def test_transformers_rows_that_start_alike_share_their_prefill(request, expecte
 
 @pytest.mark.parametrize("name", ["transformers", "transformers_grouped"])
 @pytest.mark.parametrize("case", ["lora", "mixed"])
-def test_transformers_lean_greedy_loop_and_generate_give_the_same_texts(request, expected, name, case, monkeypatch):
+def test_transformers_lean_decode_loop_and_generate_give_the_same_texts(request, expected, name, case, monkeypatch):
     executor = request.getfixturevalue(f"{name}_executor")
-    assert executor.lean_greedy  # the default: finished rows leave the batch (bricks.greedy_decode)
+    assert executor.lean_decode  # the default: finished rows leave the batch (bricks.lean_decode)
     assert executor.generate(CASES[case]) == expected[case]
-    monkeypatch.setattr(executor, "lean_greedy", False)
+    monkeypatch.setattr(executor, "lean_decode", False)
     assert executor.generate(CASES[case]) == expected[case]

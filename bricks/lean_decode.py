@@ -1,20 +1,23 @@
-"""Greedy decoding whose finished rows leave the batch (a lean loop beside transformers' `generate`).
+"""Decoding whose finished rows leave the batch (a lean loop beside transformers' `generate`).
 
 `generate` runs every row of a batch until the last one is done: a row that wrote its end token goes on
 computing padding through every layer, and its KV cache keeps being copied. Answers of different lengths are the
 rule in a server's batch (a word against a paragraph), so here a row that finished leaves the batch:
 
-    tokens = greedy_rows(model, ids, mask, max_new_tokens=32, eos=[2], pad=0, context=rows_context)
+    tokens = decode_rows(model, ids, mask, max_new_tokens=32, eos=[2], pad=0, context=rows_context)
     # ids, mask [B, W] left-padded; tokens[b]: row b's new tokens, without the end token
 
 Once at least `drop_fraction` of the rows still running have finished (or been cancelled), their KV cache rows,
 mask and position rows are dropped and the per-row context (one-pass LoRA slots, row masks) is entered again for
 the rows left. Each step is what `generate` computes: positions from the mask, the same cache, `logits_to_keep`,
-the arg-max of the last logits; so the tokens are `generate`'s (tests/integration/test_greedy_decode_zoo.py).
+then the arg-max of the last logits, or with `sampling` transformers' own temperature, top-k and top-p warpers,
+a softmax and one multinomial draw per row. Greedy tokens are `generate`'s (tests/integration/
+test_lean_decode_zoo.py); sampled ones too for a batch of one under the same seed, and in a larger batch they
+come from the same distributions (`generate` also draws for rows that are done, so the random stream differs).
 
-Only where that holds (`lean_problems` names what does not): greedy, no logits processor from the model's
-generation config, the generic `prepare_inputs_for_generation`, a dynamic cache. Everything else runs through
-`generate`.
+Only where that holds (`lean_problems` names what does not): no logits processor from the model's generation
+config other than those warpers, the generic `prepare_inputs_for_generation`, a dynamic cache, no extra
+`generate` argument. Everything else runs through `generate`.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ import contextlib
 import functools
 import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["greedy_rows", "lean_problems"]
+__all__ = ["decode_rows", "growing_cache", "lean_problems", "Sampling"]
 
-# generation-config fields that add a logits processor or change greedy search, with their neutral values
+# generation-config fields that add a logits processor or change the search, with their neutral values
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "num_beams": (1, None), "num_return_sequences": (1, None), "repetition_penalty": (1.0, None),
     "encoder_repetition_penalty": (1.0, None), "no_repeat_ngram_size": (0, None),
@@ -36,18 +40,57 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "suppress_tokens": (None,), "begin_suppress_tokens": (None,), "sequence_bias": (None,),
     "exponential_decay_length_penalty": (None,), "renormalize_logits": (False, None), "guidance_scale": (None, 1.0),
     "watermarking_config": (None,), "stop_strings": (None,), "max_time": (None,), "prefill_chunk_size": (None,),
-    "assistant_model": (None,), "prompt_lookup_num_tokens": (None,),
+    "assistant_model": (None,), "prompt_lookup_num_tokens": (None,), "remove_invalid_values": (False, None),
+}
+# ... and those that add a warper when sampling (temperature, top_k and top_p are applied here)
+_NEUTRAL_SAMPLING: dict[str, tuple[Any, ...]] = {
+    "min_p": (None,), "typical_p": (1.0, None), "epsilon_cutoff": (0.0, None), "eta_cutoff": (0.0, None),
+    "top_h": (None,),
 }
 
 
-def lean_problems(model, *, do_sample: bool, generate_kwargs: dict | None = None) -> list[str]:
-    """Why `greedy_rows` would not compute what `generate` does for `model` (empty: it would)."""
+@dataclass(frozen=True)
+class Sampling:
+    """Sampled decoding as `generate(do_sample=True, temperature=..., top_p=...)` does it (top-k: the model's
+    generation config, else transformers' default)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def picker(self, model) -> Callable:
+        """logits [K, V] (float32) -> tokens [K]: transformers' warpers, a softmax, one multinomial draw per row."""
+        import torch
+        from transformers import GenerationConfig, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        top_k = getattr(model.generation_config, "top_k", None)
+        if top_k is None:
+            top_k = GenerationConfig._get_default_generation_params().get("top_k")
+        warpers = []
+        if self.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(self.temperature))
+        if top_k:
+            warpers.append(TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1))
+        if self.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p=self.top_p, min_tokens_to_keep=1))
+
+        def pick(logits):
+            for warper in warpers:
+                logits = warper(None, logits)
+            return torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1).squeeze(1)
+
+        return pick
+
+
+def _base(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def lean_problems(model, *, do_sample: bool = False, generate_kwargs: dict | None = None) -> list[str]:
+    """Why `decode_rows` would not compute what `generate` does for `model` (empty: it would)."""
     from transformers import GenerationMixin
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base(model)
     out = []
-    if do_sample:
-        out.append("sampling")
     if generate_kwargs:
         out.append(f"generate arguments {', '.join(sorted(generate_kwargs))}")
     if getattr(base.config, "is_encoder_decoder", False):
@@ -57,7 +100,7 @@ def lean_problems(model, *, do_sample: bool, generate_kwargs: dict | None = None
     if getattr(base.config, "cache_implementation", None) not in (None, "dynamic"):
         out.append(f"cache {base.config.cache_implementation}")
     config = getattr(base, "generation_config", None)
-    for name, neutral in _NEUTRAL.items():
+    for name, neutral in {**_NEUTRAL, **(_NEUTRAL_SAMPLING if do_sample else {})}.items():
         value = getattr(config, name, None) if config is not None else None
         if value not in neutral and not (isinstance(value, (list, tuple, dict)) and not value):
             out.append(f"generation config {name}={value!r}")
@@ -140,10 +183,12 @@ class _Rows:
         return [k for k, b in enumerate(self.live) if self.done[b]]
 
 
-def greedy_rows(model, ids, mask, *, max_new_tokens: int, eos: Sequence[int], pad: int, cache=None,
-                context: Callable[[list[int]], Any] | None = None, stopped: Callable[[int], bool] | None = None,
-                streamer=None, drop_fraction: float = 0.25) -> list[list[int]]:
-    """Each row's new tokens (without the end token), greedy; finished rows leave the batch (module docstring).
+def decode_rows(model, ids, mask, *, max_new_tokens: int, eos: Sequence[int], pad: int, cache=None,
+                sampling: Sampling | None = None, context: Callable[[list[int]], Any] | None = None,
+                stopped: Callable[[int], bool] | None = None, streamer=None,
+                drop_fraction: float = 0.25) -> list[list[int]]:
+    """Each row's new tokens (without the end token), greedy or with `sampling`; finished rows leave the batch
+    (module docstring).
 
     ids, mask: [B, W] on the model's (first layer's) device, left-padded. `cache`: a dynamic cache that already
     holds the first positions (a shared prefix), else a `growing_cache` is made. `context(rows)`: a context
@@ -152,7 +197,8 @@ def greedy_rows(model, ids, mask, *, max_new_tokens: int, eos: Sequence[int], pa
     then of each step's tokens [B] (pad for rows already done), then `end`, as `generate` calls it."""
     import torch
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base(model)
+    pick = (lambda logits: logits.argmax(-1)) if sampling is None else sampling.picker(base)
     n = ids.shape[0]
     cache = cache if cache is not None else growing_cache(base.config, max_new_tokens)
     past = cache.get_seq_length()
@@ -173,7 +219,7 @@ def greedy_rows(model, ids, mask, *, max_new_tokens: int, eos: Sequence[int], pa
             scope.enter_context(context(rows.live))
         for step in range(max_new_tokens):
             logits = base(input_ids=step_ids, attention_mask=attention, position_ids=step_pos, **extra).logits
-            tokens = logits[:, -1].float().argmax(-1).to(ids.device)  # [K]
+            tokens = pick(logits[:, -1].float()).to(ids.device)  # [K]
             shown = rows.take(tokens.tolist(), pad)
             if streamer is not None:
                 streamer.put(torch.tensor(shown, dtype=torch.long))

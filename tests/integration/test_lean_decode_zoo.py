@@ -8,7 +8,7 @@ import torch
 from zoo_models import ZOO, save_zoo_model
 
 from bricks.generation import encode_prompts, generate_texts
-from bricks.greedy_decode import greedy_rows, lean_problems
+from bricks.lean_decode import decode_rows, lean_problems
 from bricks.prompt_batches import left_padded
 
 PROMPTS = [f"Reverse the text.\nIn: {w}\nOut: " for w in ("planet", "moon", "garden", "sky", "window")]
@@ -28,7 +28,7 @@ def _cut(rows, eos):
 
 
 @pytest.mark.parametrize("family", list(ZOO))
-def test_greedy_rows_give_generates_tokens_on_every_family(family, tokenizer, tmp_path):
+def test_decode_rows_give_generates_tokens_on_every_family(family, tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
 
     longer = {"n_positions": 256} if family == "gpt2" else {}
@@ -44,10 +44,10 @@ def test_greedy_rows_give_generates_tokens_on_every_family(family, tokenizer, tm
         want = _cut(model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False,
                                    pad_token_id=pad, eos_token_id=eos)[:, ids.shape[1]:].tolist(), eos)
         batches = []
-        got = greedy_rows(model, ids, mask, max_new_tokens=10, eos=eos, pad=pad, drop_fraction=0.01,
+        got = decode_rows(model, ids, mask, max_new_tokens=10, eos=eos, pad=pad, drop_fraction=0.01,
                           context=lambda rows: (batches.append(len(rows)), contextlib.nullcontext())[1])
     assert got == want, family
     if len({len(w) for w in want}) > 1:
         assert len(batches) > 1 and batches == sorted(batches, reverse=True)  # rows that ended left the batch
-    shared = generate_texts(model, tokenizer, PROMPTS * 2, max_new_tokens=6, share_prefixes=True, lean_greedy=True)
+    shared = generate_texts(model, tokenizer, PROMPTS * 2, max_new_tokens=6, share_prefixes=True, lean_decode=True)
     assert shared == generate_texts(model, tokenizer, PROMPTS * 2, max_new_tokens=6)

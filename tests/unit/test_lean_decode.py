@@ -1,5 +1,6 @@
-"""The lean greedy loop: `generate`'s tokens while finished rows leave the batch, a KV cache that grows in place,
-cancelled rows and streamers as `generate` treats them, and `generate` wherever the loop would differ."""
+"""The lean decoding loop: `generate`'s tokens while finished rows leave the batch, a KV cache that grows in place,
+sampling as `generate` samples, cancelled rows and streamers as `generate` treats them, and `generate` wherever
+the loop would differ."""
 
 import contextlib
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from bricks.generation import encode_prompts, generate_texts
-from bricks.greedy_decode import greedy_rows, growing_cache, lean_problems
+from bricks.lean_decode import Sampling, decode_rows, growing_cache, lean_problems
 from bricks.prompt_batches import left_padded
 from bricks.streaming import RowStreamer
 
@@ -32,8 +33,8 @@ def _batch(tok):
 def _generate(model, tok, ids, mask, eos, **kwargs):
     """`generate`'s new tokens per row, cut at the first end token."""
     with torch.inference_mode():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False,
-                             pad_token_id=tok.pad_token_id, eos_token_id=eos, **kwargs)[:, ids.shape[1]:]
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, pad_token_id=tok.pad_token_id,
+                             eos_token_id=eos, **{"do_sample": False, **kwargs})[:, ids.shape[1]:]
     rows = []
     for row in out.tolist():
         cut = next((i for i, t in enumerate(row) if t in eos), len(row))
@@ -60,7 +61,7 @@ def test_rows_leave_the_batch_as_they_finish_and_the_tokens_are_generates(world)
         yield
 
     with torch.inference_mode():
-        lean = greedy_rows(model, ids, mask, max_new_tokens=10, eos=eos, pad=tok.pad_token_id, context=context,
+        lean = decode_rows(model, ids, mask, max_new_tokens=10, eos=eos, pad=tok.pad_token_id, context=context,
                            drop_fraction=0.01)
     assert lean == _generate(model, tok, ids, mask, eos)
     assert batches[0] == list(range(len(PROMPTS))) and len(batches) >= 2  # entered again for the rows left
@@ -86,7 +87,7 @@ def test_a_stopped_row_keeps_its_token_and_no_more_and_streamers_see_what_genera
         streamer = RowStreamer(tok, list(range(len(PROMPTS))), lambda i, t: deltas.append((i, t)), eos_token_id=eos)
         with torch.inference_mode():
             if lean:
-                tokens = greedy_rows(model, ids, mask, max_new_tokens=10, eos=eos, pad=tok.pad_token_id,
+                tokens = decode_rows(model, ids, mask, max_new_tokens=10, eos=eos, pad=tok.pad_token_id,
                                      stopped=stopped, streamer=streamer)
             else:
                 tokens = _generate(model, tok, ids, mask, eos, streamer=streamer,
@@ -128,8 +129,7 @@ def test_the_growing_cache_holds_what_the_dynamic_cache_holds_through_a_row_sele
 
 def test_what_the_loop_cannot_do_is_named_and_runs_through_generate(world):
     model, tok = world
-    assert lean_problems(model, do_sample=False) == []
-    assert lean_problems(model, do_sample=True) == ["sampling"]
+    assert lean_problems(model, do_sample=False) == [] and lean_problems(model, do_sample=True) == []
     assert lean_problems(model, do_sample=False, generate_kwargs={"logits_processor": []}) == [
         "generate arguments logits_processor"]
 
@@ -146,14 +146,41 @@ def test_what_the_loop_cannot_do_is_named_and_runs_through_generate(world):
     penalised.generation_config.repetition_penalty = 3.0
     assert lean_problems(penalised, do_sample=False) == ["generation config repetition_penalty=3.0"]
     # the penalty changes the texts, and the lean flag does not drop it: generate runs
-    kept = generate_texts(penalised, tok, PROMPTS, max_new_tokens=8, lean_greedy=True)
+    kept = generate_texts(penalised, tok, PROMPTS, max_new_tokens=8, lean_decode=True)
     assert kept == generate_texts(penalised, tok, PROMPTS, max_new_tokens=8)
     assert kept != generate_texts(model, tok, PROMPTS, max_new_tokens=8)
+    penalised.generation_config.repetition_penalty = 1.0
+    penalised.generation_config.typical_p = 0.5  # a warper only sampling uses
+    assert lean_problems(penalised, do_sample=False) == []
+    assert lean_problems(penalised, do_sample=True) == ["generation config typical_p=0.5"]
+
+
+def test_a_sampled_row_draws_what_generate_draws_under_the_same_seed(tiny):
+    model, tok = tiny  # a random model: flat distributions, so draws differ from the arg-max
+    greedy = generate_texts(model, tok, PROMPTS[:3], max_new_tokens=10)
+    sampled = []
+    for seed, prompt in enumerate(PROMPTS[:3]):
+        ids, mask = left_padded(encode_prompts(tok, [prompt]), tok.pad_token_id)
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            lean = decode_rows(model, ids, mask, max_new_tokens=10, eos=[tok.eos_token_id], pad=tok.pad_token_id,
+                               sampling=Sampling(temperature=2.5, top_p=0.9))
+        torch.manual_seed(seed)
+        assert lean == _generate(model, tok, ids, mask, [tok.eos_token_id], do_sample=True, temperature=2.5,
+                                 top_p=0.9)
+        sampled.append(tok.decode(lean[0], skip_special_tokens=True))
+    assert sampled != greedy  # at this temperature it did sample
+
+
+def test_a_sampled_batch_at_a_low_temperature_gives_the_greedy_texts(world):
+    model, tok = world
+    assert (generate_texts(model, tok, PROMPTS, max_new_tokens=10, do_sample=True, temperature=1e-4,
+                           lean_decode=True) == generate_texts(model, tok, PROMPTS, max_new_tokens=10))
 
 
 @pytest.mark.parametrize("share", [False, True])
 def test_generate_texts_gives_the_same_texts_lean_or_not(world, share):
     model, tok = world
     prompts = PROMPTS * 3
-    assert (generate_texts(model, tok, prompts, max_new_tokens=8, lean_greedy=True, share_prefixes=share)
+    assert (generate_texts(model, tok, prompts, max_new_tokens=8, lean_decode=True, share_prefixes=share)
             == generate_texts(model, tok, prompts, max_new_tokens=8))
