@@ -19,7 +19,7 @@ from bricks.prefix_share import (
 )
 from bricks.prompt_batches import left_padded
 
-__all__ = ["generate_texts", "encode_prompt", "encode_prompts", "GenerationOutOfMemoryError"]
+__all__ = ["generate_texts", "encode_prompt", "encode_prompts", "PromptIds", "GenerationOutOfMemoryError"]
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
@@ -41,6 +41,37 @@ def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
             for i, e in zip(idx, ids):
                 out[i] = list(e)
     return out
+
+
+class PromptIds:
+    """`encode_prompts` that remembers recent prompts, up to `max_tokens` token ids in all: a step's prompt is
+    checked against the context and then generated from, and each would tokenize it again. Thread-safe."""
+
+    def __init__(self, tokenizer, max_tokens: int = 1 << 18) -> None:
+        import threading
+        from collections import OrderedDict
+
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self._ids: OrderedDict[str, list[int]] = OrderedDict()
+        self._tokens = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, prompts: Sequence[str]) -> list[list[int]]:
+        with self._lock:
+            known = {p: self._ids.get(p) for p in prompts}
+        missing = [p for p, ids in known.items() if ids is None]
+        if missing:
+            known.update(zip(missing, encode_prompts(self.tokenizer, missing)))
+        with self._lock:
+            for p in known:
+                if p not in self._ids:
+                    self._ids[p] = known[p]
+                    self._tokens += len(known[p])
+                self._ids.move_to_end(p)
+            while self._tokens > self.max_tokens and self._ids:
+                self._tokens -= len(self._ids.popitem(last=False)[1])
+        return [known[p] for p in prompts]
 
 
 class GenerationOutOfMemoryError(BrickworkError):
@@ -74,7 +105,8 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
                    fast_decode: FastDecode | None = None,
                    cancelled: Callable[[int], bool] | None = None,
                    share_prefixes: bool = False, row_keys: Sequence[str] | None = None,
-                   prefix_stats: PrefixStats | None = None, lean_decode: bool = False) -> list[str]:
+                   prefix_stats: PrefixStats | None = None, lean_decode: bool = False,
+                   encoded: Sequence[Sequence[int]] | None = None) -> list[str]:
     """The completion of each prompt, without the prompt and without special tokens.
 
     Prompts are grouped by length so that a batch wastes little padding; results keep the input order.
@@ -91,7 +123,8 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     configurations, are equal; None: all alike) compute that start once (`bricks.prefix_share`), when that skips
     at least a quarter of the batch's prompt tokens and the static KV cache is off (counted in `prefix_stats`).
     With `lean_decode`, a batch runs `bricks.lean_decode.decode_rows` (finished rows leave the batch; greedy:
-    the same tokens) where `lean_problems` finds nothing against it, else `generate`.
+    the same tokens) where `lean_problems` finds nothing against it, else `generate`. `encoded`: the prompts'
+    token ids when already known (`encode_prompts` of each).
     """
     import torch
 
@@ -100,7 +133,7 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     if not prompts:
         return []
     device = model_device(model)  # every input is built where the model's first layer is
-    encoded = encode_prompts(tokenizer, prompts)
+    encoded = [list(e) for e in encoded] if encoded is not None else encode_prompts(tokenizer, prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     results: list[str] = [""] * len(prompts)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -61,13 +61,16 @@ def context_length(model_config, max_model_len: int | None = None) -> int | None
     return None
 
 
-def context_problems(tokenizer, context: int | None, requests: Sequence[GenerationRequest]) -> list[str | None]:
-    """For each request, why its prompt plus `max_new_tokens` does not fit `context` tokens, or None."""
+def context_problems(tokenizer, context: int | None, requests: Sequence[GenerationRequest],
+                     encode: Callable[[list[str]], list[list[int]]] | None = None) -> list[str | None]:
+    """For each request, why its prompt plus `max_new_tokens` does not fit `context` tokens, or None (prompts
+    tokenized by `encode` when given, else `encode_prompts`)."""
     if context is None or not requests:
         return [None] * len(requests)
     from bricks.generation import encode_prompts
 
-    lengths = [len(e) for e in encode_prompts(tokenizer, [r.prompt for r in requests])]
+    prompts = [r.prompt for r in requests]
+    lengths = [len(e) for e in (encode(prompts) if encode is not None else encode_prompts(tokenizer, prompts))]
     return [None if n + r.decoding.max_new_tokens <= context else
             f"the prompt is {n} tokens and max_new_tokens is {r.decoding.max_new_tokens}: more than the model's "
             f"context of {context} tokens" for n, r in zip(lengths, requests)]

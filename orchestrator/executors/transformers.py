@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bricks.generation import generate_texts
+from bricks.generation import PromptIds, generate_texts
 from bricks.lora.base_only import BaseOnly
 from bricks.lora.merge_cache import MergeCache, MergeStats
 from bricks.lora.multi import UnsupportedMixedLoraError
@@ -121,6 +121,7 @@ class TransformersExecutor:
         self.share_prefixes = share_prefixes  # rows of a batch that start alike compute that start once
         self.prefix_stats = PrefixStats()
         self.lean_decode = lean_decode  # batches whose finished rows leave (bricks.lean_decode)
+        self._prompt_ids = PromptIds(self.tokenizer)  # checked against the context, then generated: tokenized once
 
     @property
     def model_config(self):
@@ -128,7 +129,7 @@ class TransformersExecutor:
 
     def prompt_problems(self, requests: Sequence[GenerationRequest]) -> list[str | None]:
         """Why each request's prompt does not fit the model's context, or None (see `context_problems`)."""
-        return context_problems(self.tokenizer, context_length(self.model.config), requests)
+        return context_problems(self.tokenizer, context_length(self.model.config), requests, self._prompt_ids)
 
     # -- adapters ---------------------------------------------------------------------------------------
     def _brick_folder(self, brick_id: str, version: int) -> Path:
@@ -286,7 +287,8 @@ class TransformersExecutor:
                     off = self._base_only() if adapter is None else contextlib.nullcontext()
                     with off, self._ffn_context(config, adapter):
                         texts = generate_texts(self.model, self.tokenizer, prompts,
-                                               streamer=self._streamer(idx, on_delta), fast_decode=self.fast_decode,
+                                               encoded=self._prompt_ids(prompts), fast_decode=self.fast_decode,
+                                               streamer=self._streamer(idx, on_delta),
                                                cancelled=_local(idx, cancelled), share_prefixes=self.share_prefixes,
                                                prefix_stats=self.prefix_stats, lean_decode=self.lean_decode,
                                                **kwargs)
@@ -335,9 +337,10 @@ class TransformersExecutor:
                 yield
 
         # not compiled: the per-row tensors are made per batch (and masks are hooks, which a compiled step ignores)
-        return generate_texts(self.model, self.tokenizer, [r.prompt for r in requests], batch_context=rows,
-                              streamer=streamer, fast_decode=dataclasses.replace(self.fast_decode, compile=False),
-                              cancelled=cancelled, share_prefixes=self.share_prefixes,
+        prompts = [r.prompt for r in requests]
+        return generate_texts(self.model, self.tokenizer, prompts, encoded=self._prompt_ids(prompts),
+                              batch_context=rows, streamer=streamer,
+                              fast_decode=dataclasses.replace(self.fast_decode, compile=False), cancelled=cancelled, share_prefixes=self.share_prefixes,
                               row_keys=[r.config.key for r in requests], prefix_stats=self.prefix_stats,
                               lean_decode=self.lean_decode, **kwargs)
 

@@ -184,3 +184,25 @@ def test_generate_texts_gives_the_same_texts_lean_or_not(world, share):
     prompts = PROMPTS * 3
     assert (generate_texts(model, tok, prompts, max_new_tokens=8, lean_decode=True, share_prefixes=share)
             == generate_texts(model, tok, prompts, max_new_tokens=8))
+
+
+def test_prompt_ids_remember_recent_prompts_within_their_token_budget(world):
+    from bricks.generation import PromptIds, encode_prompts
+
+    _, tok = world
+    calls = []
+
+    class Counting:
+        bos_token = tok.bos_token
+
+        def __call__(self, texts, **kwargs):
+            calls.append(list(texts))
+            return tok(texts, **kwargs)
+
+    ids = PromptIds(Counting(), max_tokens=3 * len(encode_prompts(tok, PROMPTS[:1])[0]))
+    assert ids(PROMPTS[:2]) == encode_prompts(tok, PROMPTS[:2])
+    assert ids([PROMPTS[1], PROMPTS[0], PROMPTS[1]]) == encode_prompts(tok, [PROMPTS[1], PROMPTS[0], PROMPTS[1]])
+    assert calls == [PROMPTS[:2]]  # the second call tokenized nothing
+    ids(PROMPTS[2:6])  # past the budget: the oldest prompts are forgotten
+    ids(PROMPTS[:1])
+    assert calls[-1] == PROMPTS[:1] and ids._tokens <= ids.max_tokens
