@@ -379,6 +379,8 @@ def test_models_health_and_metrics(client, server):
     health = httpx.get(server.url + "/health").json()
     assert health["status"] == "ok" and health["gc_frozen"] > 0  # the model and library are out of the GC's way
     _ask(client, "Apply a Caesar shift of one.", model="brick:caesar", extra_body={"input": "abc"})
+    after = httpx.get(server.url + "/health").json()
+    assert after["batches"] > health["batches"] and after["busy_s"] > health["busy_s"]  # the batch's running time
     text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
     for needle in ('brickwork_requests_total{endpoint="/v1/chat/completions",status="200"}',
                    'brickwork_errors_total{code="404",endpoint="/v1/chat/completions"}',

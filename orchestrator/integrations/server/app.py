@@ -252,6 +252,7 @@ def create_app(config: ServerConfig | None = None, orchestrator=None, *, close_o
         return Health(executor=type(state.orc.executor).__name__, bricks=len(state.orc.planner.library.list()),
                       queued=b.depth if b else 0, batches=b.stats.batches if b else 0,
                       mean_batch=round(b.stats.mean_batch, 3) if b else 0.0,
+                      busy_s=round(b.stats.busy_s, 3) if b else 0.0,
                       concurrent_batches=b.max_concurrent if b else 1,
                       engine_joined=getattr(loop, "joined", None), dropped=b.stats.dropped if b else 0,
                       engine_aborted=getattr(loop, "aborted", None), torch_threads=torch.get_num_threads(),

@@ -221,6 +221,7 @@ class Health(BaseModel):
     queued: int
     batches: int
     mean_batch: float
+    busy_s: float = 0.0  # seconds batches have been running (summed over concurrent ones): load over time
     concurrent_batches: int = 1  # batches that may run at once
     engine_joined: int | None = None  # vLLM: requests that joined a running engine batch (None: no engine loop)
     dropped: int = 0  # jobs whose caller went away: never run, or stopped while their batch ran
