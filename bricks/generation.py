@@ -19,7 +19,8 @@ from bricks.prefix_share import (
 )
 from bricks.prompt_batches import left_padded
 
-__all__ = ["generate_texts", "encode_prompt", "encode_prompts", "PromptIds", "GenerationOutOfMemoryError"]
+__all__ = ["generate_texts", "encode_prompt", "encode_prompts", "GeneratedText", "PromptIds",
+           "GenerationOutOfMemoryError"]
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
@@ -41,6 +42,24 @@ def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
             for i, e in zip(idx, ids):
                 out[i] = list(e)
     return out
+
+
+class GeneratedText(str):
+    """A completion's text that knows how many tokens the model wrote for it (its end token not counted): what
+    tells an answer cut at `max_new_tokens` from one that ended, where tokenizing the text again may count a
+    different number (a BPE tokenizer's merges)."""
+
+    tokens: int
+
+    def __new__(cls, text: str, tokens: int) -> GeneratedText:
+        self = super().__new__(cls, text)
+        self.tokens = tokens
+        return self
+
+
+def _written(row: Sequence[int], ends: set[int]) -> int:
+    """Tokens a row of `generate`'s new tokens holds before its first end or padding token."""
+    return next((i for i, t in enumerate(row) if t in ends), len(row))
 
 
 class PromptIds:
@@ -107,7 +126,8 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
                    share_prefixes: bool = False, row_keys: Sequence[str] | None = None,
                    prefix_stats: PrefixStats | None = None, lean_decode: bool = False,
                    encoded: Sequence[Sequence[int]] | None = None) -> list[str]:
-    """The completion of each prompt, without the prompt and without special tokens.
+    """The completion of each prompt (a `GeneratedText`: it knows its token count), without the prompt and
+    without special tokens.
 
     Prompts are grouped by length so that a batch wastes little padding; results keep the input order.
     Each batch runs inside `batch_context(indices)` when given (a context manager; `indices` are the batch's
@@ -136,7 +156,7 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     encoded = [list(e) for e in encoded] if encoded is not None else encode_prompts(tokenizer, prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    results: list[str] = [""] * len(prompts)
+    results: list[str] = [GeneratedText("", 0)] * len(prompts)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
     oom = _oom_errors()
 
@@ -180,7 +200,7 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
                 stopped=None if cancelled is None else (lambda r: cancelled(chunk[r])),
                 streamer=None if streamer is None else streamer(chunk))
             for row, i in enumerate(chunk):
-                results[i] = tokenizer.decode(tokens[row], skip_special_tokens=True)
+                results[i] = GeneratedText(tokenizer.decode(tokens[row], skip_special_tokens=True), len(tokens[row]))
             return
         with batch_context(chunk) if batch_context is not None else contextlib.nullcontext():
             extra = decode_kwargs(model, fast_decode) if fast_decode is not None else {}
@@ -195,8 +215,10 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
                 input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
                 eos_token_id=tokenizer.eos_token_id, **sampling, **extra,
             )  # [B, width + new]
+        ends = {*eos_ids, pad}  # rows that ended are padded
         for row, i in enumerate(chunk):
-            results[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True)
+            new = out[row, width:].tolist()
+            results[i] = GeneratedText(tokenizer.decode(new, skip_special_tokens=True), _written(new, ends))
 
     def run_or_split(chunk: list[int], first: int) -> None:
         try:

@@ -36,6 +36,7 @@ class _Run:
     waves: list[list[int]] = field(init=False)
     depth: int = 0
     outputs: list[str | None] = field(init=False)
+    written: list[int | None] = field(init=False)  # tokens the model wrote per step, when the executor says
     errors: list[str | None] = field(init=False)
     inputs: list[str] = field(init=False)
     timing: list[dict[str, float]] = field(init=False)
@@ -45,6 +46,7 @@ class _Run:
         n = len(self.plan.steps)
         self.waves = self.plan.waves()
         self.outputs, self.errors, self.inputs = [None] * n, [None] * n, [""] * n
+        self.written = [None] * n
         self.timing = [{} for _ in range(n)]
 
     @property
@@ -58,7 +60,8 @@ class _Run:
         plan = self.plan
         steps = tuple(
             StepTrace(index=si, instruction=s.instruction, input=self.inputs[si], output=self.outputs[si] or "",
-                      bricks=s.config.bricks, route=s.route, timings_ms=self.timing[si], error=self.errors[si])
+                      bricks=s.config.bricks, route=s.route, timings_ms=self.timing[si], error=self.errors[si],
+                      output_tokens=self.written[si])
             for si, s in enumerate(plan.steps)
         )
         failed = next((s for s in steps if s.error is not None), None)
@@ -155,5 +158,6 @@ class PlanRuns:
                 run.errors[si] = f"{type(text).__name__}: {text}".splitlines()[0]
             else:
                 run.outputs[si] = text.strip()
+                run.written[si] = getattr(text, "tokens", None)  # bricks.generation.GeneratedText
             run.timing[si] = {"generate_ms": round(wave_ms, 3), "batch_size": float(len(requests))}
 

@@ -24,6 +24,7 @@ class StepTrace(BaseModel):
     route: str | None
     timings_ms: dict[str, float]
     error: str | None = None  # why this step did not run or failed; the outputs of earlier steps are kept
+    output_tokens: int | None = None  # tokens the model wrote for `output`, when the executor says (else None)
 
 
 class Result(BaseModel):

@@ -310,7 +310,7 @@ def main() -> None:
                  "of 32: %.1fx", one, batched, batched / one)
     at32 = next((r for r in rows if r["clients"] == 32), None)
     if at32 and base:
-        log.info("goals at 32 clients: throughput %.1fx one client (goal >= 5x): %s; p99/p50 %.2f (goal <= 3): %s",
+        log.info("goals at 32 clients: throughput %.2fx one client (goal >= 5x): %s; p99/p50 %.2f (goal <= 3): %s",
                  at32["rps"] / base, "met" if at32["rps"] / base >= 5 else "NOT met", at32["p99"] / at32["p50"],
                  "met" if at32["p99"] / at32["p50"] <= 3 else "NOT met")
 

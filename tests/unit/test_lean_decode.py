@@ -206,3 +206,16 @@ def test_prompt_ids_remember_recent_prompts_within_their_token_budget(world):
     ids(PROMPTS[2:6])  # past the budget: the oldest prompts are forgotten
     ids(PROMPTS[:1])
     assert calls[-1] == PROMPTS[:1] and ids._tokens <= ids.max_tokens
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_texts_know_how_many_tokens_the_model_wrote(world, lean):
+    from bricks.generation import GeneratedText
+
+    model, tok = world
+    ended = generate_texts(model, tok, PROMPTS, max_new_tokens=40, lean_decode=lean)
+    cut = generate_texts(model, tok, PROMPTS, max_new_tokens=3, lean_decode=lean)
+    assert all(isinstance(t, GeneratedText) for t in ended + cut)
+    assert [t.tokens for t in ended] == [len(tok(t, add_special_tokens=False).input_ids) for t in ended]
+    assert all(t.tokens < 40 for t in ended) and [t.tokens for t in cut] == [min(3, t.tokens) for t in ended]
+    assert any(t.tokens > 3 for t in ended)  # some were cut
