@@ -157,3 +157,13 @@ def test_transformers_lean_decode_loop_and_generate_give_the_same_texts(request,
     assert executor.generate(CASES[case]) == expected[case]
     monkeypatch.setattr(executor, "lean_decode", False)
     assert executor.generate(CASES[case]) == expected[case]
+
+
+@pytest.mark.parametrize("case", ["lora", "mixed"])
+def test_texts_know_how_many_tokens_the_model_wrote(executor, expected, case):
+    reqs = [dataclasses.replace(r, decoding=r.decoding.model_copy(update={"max_new_tokens": 4})) for r in CASES[case]]
+    cut = executor.generate(reqs)
+    full = executor.generate(CASES[case])
+    tok = executor.tokenizer  # the toy's character tokenizer: a text's length in tokens is exact
+    assert [t.tokens for t in full] == [len(tok(w, add_special_tokens=False).input_ids) for w in expected[case]]
+    assert [t.tokens for t in cut] == [min(4, t.tokens) for t in full] and any(t.tokens > 4 for t in full)

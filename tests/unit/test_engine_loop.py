@@ -49,7 +49,8 @@ class FakeEngine:
             entry[1] += 1
             done = entry[1] >= len(entry[0])
             outs.append(SimpleNamespace(request_id=rid, finished=done,
-                                        outputs=[SimpleNamespace(token_ids=[ord(c) for c in entry[0][:entry[1]]])]))
+                                        outputs=[SimpleNamespace(token_ids=[ord(c) for c in entry[0][:entry[1]]],
+                                                                 finish_reason="length" if done else None)]))
             if done:
                 del self.requests[rid]
         return outs

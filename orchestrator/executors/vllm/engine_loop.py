@@ -23,6 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from bricks.generation import GeneratedText
 from bricks.streaming import TextDeltas
 
 __all__ = ["EngineLoop", "LoopStats"]
@@ -192,7 +193,7 @@ class EngineLoop:
         for rid in gone:
             run = self._running.pop(rid)
             if not run.future.done():
-                run.future.set_result(run.text.sent)
+                run.future.set_result(GeneratedText(run.text.sent, len(run.text.ids)))
         self.stats.aborted += len(gone)
 
     def _step(self) -> None:
@@ -213,18 +214,25 @@ class EngineLoop:
                     self._finish(out.request_id, error=e)
                     continue
             if out.finished:
-                self._finish(out.request_id)
+                self._finish(out.request_id, written=self._written(out.outputs[0]))
         if self._running and not self._engine.has_unfinished_requests():
             self._fail_running(RuntimeError("the vLLM engine stopped with requests unfinished"))
 
-    def _finish(self, rid: str, error: BaseException | None = None) -> None:
+    def _written(self, output) -> int:
+        """Tokens the model wrote for a finished output, its end token not counted."""
+        ids = output.token_ids
+        eos = getattr(self._tokenizer, "eos_token_id", None)
+        ends = set(eos) if isinstance(eos, (list, tuple)) else {eos}
+        return len(ids) - (1 if ids and getattr(output, "finish_reason", None) == "stop" and ids[-1] in ends else 0)
+
+    def _finish(self, rid: str, error: BaseException | None = None, written: int | None = None) -> None:
         run = self._running.pop(rid)
         if error is not None:
             self._engine.abort_request([rid])
             if not run.future.done():
                 run.future.set_exception(error)
         elif not run.future.done():
-            run.future.set_result(run.text.sent)
+            run.future.set_result(GeneratedText(run.text.sent, len(run.text.ids) if written is None else written))
 
     def _fail_running(self, error: BaseException) -> None:
         if not self._running:
