@@ -45,15 +45,18 @@ def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
 
 
 class GeneratedText(str):
-    """A completion's text that knows how many tokens the model wrote for it (its end token not counted): what
-    tells an answer cut at `max_new_tokens` from one that ended, where tokenizing the text again may count a
-    different number (a BPE tokenizer's merges)."""
+    """A completion's text that knows how many tokens the model wrote for it (its end token not counted), and
+    how many its prompt had (special tokens included) when the executor says: what tells an answer cut at
+    `max_new_tokens` from one that ended, where tokenizing the text again may count a different number (a BPE
+    tokenizer's merges)."""
 
     tokens: int
+    prompt_tokens: int | None
 
-    def __new__(cls, text: str, tokens: int) -> GeneratedText:
+    def __new__(cls, text: str, tokens: int, prompt_tokens: int | None = None) -> GeneratedText:
         self = super().__new__(cls, text)
         self.tokens = tokens
+        self.prompt_tokens = prompt_tokens
         return self
 
 
@@ -200,7 +203,8 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
                 stopped=None if cancelled is None else (lambda r: cancelled(chunk[r])),
                 streamer=None if streamer is None else streamer(chunk))
             for row, i in enumerate(chunk):
-                results[i] = GeneratedText(tokenizer.decode(tokens[row], skip_special_tokens=True), len(tokens[row]))
+                results[i] = GeneratedText(tokenizer.decode(tokens[row], skip_special_tokens=True), len(tokens[row]),
+                                           len(encoded[i]))
             return
         with batch_context(chunk) if batch_context is not None else contextlib.nullcontext():
             extra = decode_kwargs(model, fast_decode) if fast_decode is not None else {}
@@ -218,7 +222,8 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
         ends = {*eos_ids, pad}  # rows that ended are padded
         for row, i in enumerate(chunk):
             new = out[row, width:].tolist()
-            results[i] = GeneratedText(tokenizer.decode(new, skip_special_tokens=True), _written(new, ends))
+            results[i] = GeneratedText(tokenizer.decode(new, skip_special_tokens=True), _written(new, ends),
+                                       len(encoded[i]))
 
     def run_or_split(chunk: list[int], first: int) -> None:
         try:

@@ -37,6 +37,7 @@ class _Run:
     depth: int = 0
     outputs: list[str | None] = field(init=False)
     written: list[int | None] = field(init=False)  # tokens the model wrote per step, when the executor says
+    read: list[int | None] = field(init=False)  # ... and those of each step's prompt
     errors: list[str | None] = field(init=False)
     inputs: list[str] = field(init=False)
     timing: list[dict[str, float]] = field(init=False)
@@ -46,7 +47,7 @@ class _Run:
         n = len(self.plan.steps)
         self.waves = self.plan.waves()
         self.outputs, self.errors, self.inputs = [None] * n, [None] * n, [""] * n
-        self.written = [None] * n
+        self.written, self.read = [None] * n, [None] * n
         self.timing = [{} for _ in range(n)]
 
     @property
@@ -61,7 +62,7 @@ class _Run:
         steps = tuple(
             StepTrace(index=si, instruction=s.instruction, input=self.inputs[si], output=self.outputs[si] or "",
                       bricks=s.config.bricks, route=s.route, timings_ms=self.timing[si], error=self.errors[si],
-                      output_tokens=self.written[si])
+                      output_tokens=self.written[si], prompt_tokens=self.read[si])
             for si, s in enumerate(plan.steps)
         )
         failed = next((s for s in steps if s.error is not None), None)
@@ -159,5 +160,6 @@ class PlanRuns:
             else:
                 run.outputs[si] = text.strip()
                 run.written[si] = getattr(text, "tokens", None)  # bricks.generation.GeneratedText
+                run.read[si] = getattr(text, "prompt_tokens", None)
             run.timing[si] = {"generate_ms": round(wave_ms, 3), "batch_size": float(len(requests))}
 

@@ -25,6 +25,7 @@ class StepTrace(BaseModel):
     timings_ms: dict[str, float]
     error: str | None = None  # why this step did not run or failed; the outputs of earlier steps are kept
     output_tokens: int | None = None  # tokens the model wrote for `output`, when the executor says (else None)
+    prompt_tokens: int | None = None  # tokens of the prompt the model read, special ones included (ditto)
 
 
 class Result(BaseModel):

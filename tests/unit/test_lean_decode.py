@@ -219,3 +219,4 @@ def test_texts_know_how_many_tokens_the_model_wrote(world, lean):
     assert [t.tokens for t in ended] == [len(tok(t, add_special_tokens=False).input_ids) for t in ended]
     assert all(t.tokens < 40 for t in ended) and [t.tokens for t in cut] == [min(3, t.tokens) for t in ended]
     assert any(t.tokens > 3 for t in ended)  # some were cut
+    assert [t.prompt_tokens for t in ended] == [len(ids) for ids in encode_prompts(tok, PROMPTS)]

@@ -407,14 +407,17 @@ def test_the_server_freezes_long_lived_objects_before_serving_and_after_its_firs
 
 
 def test_runner_counts_the_tokens_the_model_wrote_where_the_executor_says():
-    class Writing(FakeOrchestrator):  # the executor says each step wrote 7 tokens (a text of 3 characters)
+    class Writing(FakeOrchestrator):  # the executor says each step read 11 tokens and wrote 7 (3 characters)
         def run_plans(self, plans):
-            return [r.model_copy(update={"steps": tuple(s.model_copy(update={"output_tokens": 7}) for s in r.steps)})
+            said = {"output_tokens": 7, "prompt_tokens": 11}
+            return [r.model_copy(update={"steps": tuple(s.model_copy(update=said) for s in r.steps)})
                     for r in super().run_plans(plans)]
 
     plan = _plan("task", "abc", steps=1)
     said = Runner(Writing())([Job(plan=plan.model_copy(update={"steps": tuple(
         s.model_copy(update={"decoding": Decoding(max_new_tokens=7)}) for s in plan.steps)}))])[0]
     assert said.completion_tokens == 7 and said.last_step_tokens == 7 and said.hit_length  # cut at max_new_tokens
+    assert said.prompt_tokens == 11
     counted = Runner(FakeOrchestrator())([Job(instruction="task", input="abc")])[0]
     assert counted.completion_tokens == 3 and not counted.hit_length  # not said: the text is counted
+    assert counted.prompt_tokens == 3  # no render, no tokenizer: the step's input in characters

@@ -314,30 +314,27 @@ class Runner:
         return [len(ids) for ids in tokenizer(texts, add_special_tokens=False).input_ids]
 
     def _outcomes(self, results: list[Result | Exception]) -> list[Outcome | Exception]:
-        """Each result's token counts: prompts tokenized (one call for all), outputs as many tokens as the model
-        wrote where the executor says (`StepTrace.output_tokens`), else tokenized too."""
+        """Each result's token counts, as the executor reported them (`StepTrace.prompt_tokens`,
+        `output_tokens`); what it did not report is tokenized here (prompts rendered again), in one call."""
         render = getattr(self.orc, "render", None)
         texts: list[str] = []
-        spans: list[tuple[int, int, int]] = []  # per result: where its prompts and outputs are in `texts`
         for r in results:
             if isinstance(r, Exception):
                 continue
             done = [s for s in r.steps if s.error is None]
-            start = len(texts)
-            texts += [render(r.plan, s.index, s.input) if render else s.input for s in done]
+            texts += [render(r.plan, s.index, s.input) if render else s.input
+                      for s in done if s.prompt_tokens is None]
             texts += [s.output for s in done if s.output_tokens is None]
-            spans.append((start, len(done), len(texts)))
-        counts, out, n = self._counts(texts), [], 0
+        counted = iter(self._counts(texts))
+        out: list[Outcome | Exception] = []
         for r in results:
             if isinstance(r, Exception):
                 out.append(r)
                 continue
-            start, steps, end = spans[n]
-            n += 1
             done = [s for s in r.steps if s.error is None]
-            counted = iter(counts[start + steps:end])
+            read = [s.prompt_tokens if s.prompt_tokens is not None else next(counted) for s in done]
             written = [s.output_tokens if s.output_tokens is not None else next(counted) for s in done]
-            last = written[-1] if steps and r.steps[-1].error is None else 0
-            out.append(Outcome(result=r, prompt_tokens=sum(counts[start:start + steps]),
-                               completion_tokens=sum(written), last_step_tokens=last))
+            last = written[-1] if done and r.steps[-1].error is None else 0
+            out.append(Outcome(result=r, prompt_tokens=sum(read), completion_tokens=sum(written),
+                               last_step_tokens=last))
         return out
