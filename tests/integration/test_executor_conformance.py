@@ -11,6 +11,7 @@ import dataclasses
 
 import pytest
 
+from bricks.generation import encode_prompts
 from bricks.prompt import DEFAULT_TEMPLATE
 from orchestrator.executors.base import GenerationRequest, UnsupportedConfigError
 from orchestrator.plan import BrickConfig, BrickRef, Decoding
@@ -167,3 +168,4 @@ def test_texts_know_how_many_tokens_the_model_wrote(executor, expected, case):
     tok = executor.tokenizer  # the toy's character tokenizer: a text's length in tokens is exact
     assert [t.tokens for t in full] == [len(tok(w, add_special_tokens=False).input_ids) for w in expected[case]]
     assert [t.tokens for t in cut] == [min(4, t.tokens) for t in full] and any(t.tokens > 4 for t in full)
+    assert [t.prompt_tokens for t in full] == [len(ids) for ids in encode_prompts(tok, [r.prompt for r in reqs])]

@@ -61,6 +61,11 @@ class _Running:
     text: TextDeltas
     on_delta: Callable[[str], None] | None = None
     cancelled: Callable[[], bool] | None = None
+    prompt_tokens: int | None = None  # the prompt's token ids, when it was given as ids
+
+    def result(self, written: int | None = None) -> GeneratedText:
+        """Its text so far, with the tokens the model wrote (`written`, else those seen) and its prompt's."""
+        return GeneratedText(self.text.sent, len(self.text.ids) if written is None else written, self.prompt_tokens)
 
 
 @dataclass
@@ -182,7 +187,9 @@ class EngineLoop:
             return
         self.stats.added += 1
         self.stats.joined += bool(self._running)
-        self._running[rid] = _Running(future, TextDeltas(self._tokenizer), on_delta, cancelled)
+        ids = prompt.get("prompt_token_ids") if isinstance(prompt, dict) else None
+        self._running[rid] = _Running(future, TextDeltas(self._tokenizer), on_delta, cancelled,
+                                      None if ids is None else len(ids))
         self.stats.peak_running = max(self.stats.peak_running, len(self._running))
 
     def _abort_cancelled(self) -> None:
@@ -193,7 +200,7 @@ class EngineLoop:
         for rid in gone:
             run = self._running.pop(rid)
             if not run.future.done():
-                run.future.set_result(GeneratedText(run.text.sent, len(run.text.ids)))
+                run.future.set_result(run.result())
         self.stats.aborted += len(gone)
 
     def _step(self) -> None:
@@ -232,7 +239,7 @@ class EngineLoop:
             if not run.future.done():
                 run.future.set_exception(error)
         elif not run.future.done():
-            run.future.set_result(GeneratedText(run.text.sent, len(run.text.ids) if written is None else written))
+            run.future.set_result(run.result(written))
 
     def _fail_running(self, error: BaseException) -> None:
         if not self._running:
