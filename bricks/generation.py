@@ -18,6 +18,7 @@ from bricks.prefix_share import (
     shared_layout,
 )
 from bricks.prompt_batches import left_padded
+from bricks.streaming import end_tokens
 
 __all__ = ["generate_texts", "encode_prompt", "encode_prompts", "GeneratedText", "PromptIds",
            "GenerationOutOfMemoryError"]
@@ -167,8 +168,7 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     share = share_prefixes and not fast
     window = attention_window(model.config) if share else None
     lean = lean_decode and not fast and not lean_problems(model, do_sample=do_sample, generate_kwargs=generate_kwargs)
-    eos = tokenizer.eos_token_id
-    eos_ids = [] if eos is None else list(eos) if isinstance(eos, (list, tuple)) else [eos]
+    eos_ids = end_tokens(tokenizer.eos_token_id)
 
     def sharing(rows: list, keys) -> PrefixPlan | None:
         """The prefixes `rows` share, when sharing them pays and padding between prefix and rest would not

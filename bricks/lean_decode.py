@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,7 +156,7 @@ def _takes_positions(model_type: type) -> bool:
 class _Rows:
     """The rows still in the batch and what each wrote (`live[k]`: the original row of batch row k)."""
 
-    def __init__(self, n: int, eos: Sequence[int], stopped: Callable[[int], bool] | None) -> None:
+    def __init__(self, n: int, eos: Collection[int], stopped: Callable[[int], bool] | None) -> None:
         self.live = list(range(n))
         self.out: list[list[int]] = [[] for _ in range(n)]
         self.done = [False] * n
@@ -183,7 +183,7 @@ class _Rows:
         return [k for k, b in enumerate(self.live) if self.done[b]]
 
 
-def decode_rows(model, ids, mask, *, max_new_tokens: int, eos: Sequence[int], pad: int, cache=None,
+def decode_rows(model, ids, mask, *, max_new_tokens: int, eos: Collection[int], pad: int, cache=None,
                 sampling: Sampling | None = None, context: Callable[[list[int]], Any] | None = None,
                 stopped: Callable[[int], bool] | None = None, streamer=None,
                 drop_fraction: float = 0.25) -> list[list[int]]:

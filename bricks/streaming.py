@@ -12,11 +12,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-__all__ = ["RowStreamer", "TextDeltas", "DeltaGate"]
+__all__ = ["RowStreamer", "TextDeltas", "DeltaGate", "end_tokens"]
 
 log = logging.getLogger(__name__)
 
 DeltaCallback = Callable[[int, str], None]
+
+
+def end_tokens(eos) -> set[int]:
+    """A tokenizer's or generation config's `eos_token_id` (an id, a list of ids or None) as a set of ids."""
+    return set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
 
 
 class TextDeltas:
@@ -56,7 +61,7 @@ class RowStreamer:
     def __init__(self, tokenizer, rows: Sequence[int], on_delta: DeltaCallback, eos_token_id=None,
                  sent: dict[int, str] | None = None) -> None:
         eos = eos_token_id if eos_token_id is not None else tokenizer.eos_token_id
-        self.eos = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+        self.eos = end_tokens(eos)
         self.rows = list(rows)
         self.on_delta = on_delta
         self.texts = [TextDeltas(tokenizer) for _ in self.rows]

@@ -340,7 +340,8 @@ class TransformersExecutor:
         prompts = [r.prompt for r in requests]
         return generate_texts(self.model, self.tokenizer, prompts, encoded=self._prompt_ids(prompts),
                               batch_context=rows, streamer=streamer,
-                              fast_decode=dataclasses.replace(self.fast_decode, compile=False), cancelled=cancelled, share_prefixes=self.share_prefixes,
+                              fast_decode=dataclasses.replace(self.fast_decode, compile=False), cancelled=cancelled,
+                              share_prefixes=self.share_prefixes,
                               row_keys=[r.config.key for r in requests], prefix_stats=self.prefix_stats,
                               lean_decode=self.lean_decode, **kwargs)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bricks.generation import GeneratedText
-from bricks.streaming import TextDeltas
+from bricks.streaming import TextDeltas, end_tokens
 
 __all__ = ["EngineLoop", "LoopStats"]
 
@@ -81,6 +81,7 @@ class EngineLoop:
     def __init__(self, engine, tokenizer, *, idle_wait_s: float = 0.05) -> None:
         self._engine = engine
         self._tokenizer = tokenizer
+        self._ends = end_tokens(getattr(tokenizer, "eos_token_id", None))
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._running: dict[str, _Running] = {}
         self._waiting_calls: list[_Call] = []
@@ -228,9 +229,8 @@ class EngineLoop:
     def _written(self, output) -> int:
         """Tokens the model wrote for a finished output, its end token not counted."""
         ids = output.token_ids
-        eos = getattr(self._tokenizer, "eos_token_id", None)
-        ends = set(eos) if isinstance(eos, (list, tuple)) else {eos}
-        return len(ids) - (1 if ids and getattr(output, "finish_reason", None) == "stop" and ids[-1] in ends else 0)
+        return len(ids) - (1 if ids and getattr(output, "finish_reason", None) == "stop" and ids[-1] in self._ends
+                           else 0)
 
     def _finish(self, rid: str, error: BaseException | None = None, written: int | None = None) -> None:
         run = self._running.pop(rid)
