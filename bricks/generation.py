@@ -9,6 +9,7 @@ from typing import Any
 from bricks.errors import BrickworkError
 from bricks.fast_decode import FastDecode, decode_kwargs, fast_decode_active
 from bricks.lean_decode import Sampling, decode_rows, growing_cache, lean_problems
+from bricks.prefix_cache import PrefixCache, cacheable, fill_cache, prefill_cached, prompt_layers
 from bricks.prefix_share import (
     PrefixPlan,
     PrefixStats,
@@ -129,7 +130,8 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
                    cancelled: Callable[[int], bool] | None = None,
                    share_prefixes: bool = False, row_keys: Sequence[str] | None = None,
                    prefix_stats: PrefixStats | None = None, lean_decode: bool = False,
-                   encoded: Sequence[Sequence[int]] | None = None) -> list[str]:
+                   encoded: Sequence[Sequence[int]] | None = None,
+                   prefix_cache: PrefixCache | None = None) -> list[str]:
     """The completion of each prompt (a `GeneratedText`: it knows its token count), without the prompt and
     without special tokens.
 
@@ -148,9 +150,12 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     at least a quarter of the batch's prompt tokens and the static KV cache is off (counted in `prefix_stats`).
     With `lean_decode`, a batch runs `bricks.lean_decode.decode_rows` (finished rows leave the batch; greedy:
     the same tokens) where `lean_problems` finds nothing against it, else `generate`. `encoded`: the prompts'
-    token ids when already known (`encode_prompts` of each).
+    token ids when already known (`encode_prompts` of each). With `prefix_cache` and `row_keys` (and prefix
+    sharing on), shared prefixes and a lone prompt's beginning are taken from, and kept in, that store across
+    calls (`bricks.prefix_cache`).
     """
     import torch
+    from transformers import DynamicCache
 
     from bricks.device import model_device
 
@@ -186,13 +191,27 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
         rows = [encoded[i] for i in chunk]
         plan = sharing(rows, [row_keys[i] for i in chunk] if row_keys is not None else None)
         ids, mask = shared_layout(rows, plan, pad) if plan is not None else left_padded(rows, pad)
-        cache = None
+        cache, keep = None, 0  # keep: a lone row's first tokens to store once it ran
+        keys = [row_keys[i] for i in chunk] if row_keys is not None else None
+        store = prefix_cache if share and keys is not None else None
         if plan is not None:
             context = None if batch_context is None else (lambda reps: batch_context([chunk[r] for r in reps]))
-            cache = prefill_prefixes(model, rows, plan, pad, device, context,
-                                     cache=growing_cache(model.config, max_new_tokens) if lean else None)
+            target = growing_cache(model.config, max_new_tokens) if lean else DynamicCache(config=model.config)
+            if store is not None and cacheable(target):
+                cache = prefill_cached(model, rows, plan, keys, pad, device, store, context, cache=target)
+            else:
+                cache = prefill_prefixes(model, rows, plan, pad, device, context, cache=target)
             if prefix_stats is not None:
                 prefix_stats.count(plan, rows)
+        elif store is not None and len(rows) == 1 and len(rows[0]) > 1:
+            target = growing_cache(model.config, max_new_tokens) if lean else DynamicCache(config=model.config)
+            if cacheable(target) and (window is None or len(rows[0]) + max_new_tokens <= window):
+                cache = target
+                found = store.longest(keys[0], rows[0], len(rows[0]) - 1)
+                if found is not None:
+                    fill_cache(cache, [(k.to(device), v.to(device)) for k, v in found[1]])
+                else:
+                    keep = (len(rows[0]) - 1) // store.block * store.block
         width = ids.shape[1]
         ids, mask = ids.to(device), mask.to(device)  # filled on the CPU, copied once per batch
         if lean:
@@ -205,6 +224,8 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
             for row, i in enumerate(chunk):
                 results[i] = GeneratedText(tokenizer.decode(tokens[row], skip_special_tokens=True), len(tokens[row]),
                                            len(encoded[i]))
+            if keep:
+                store.put(keys[0], rows[0][:keep], prompt_layers(cache, 0, keep))
             return
         with batch_context(chunk) if batch_context is not None else contextlib.nullcontext():
             extra = decode_kwargs(model, fast_decode) if fast_decode is not None else {}
@@ -224,6 +245,8 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
             new = out[row, width:].tolist()
             results[i] = GeneratedText(tokenizer.decode(new, skip_special_tokens=True), _written(new, ends),
                                        len(encoded[i]))
+        if keep:
+            store.put(keys[0], rows[0][:keep], prompt_layers(cache, 0, keep))
 
     def run_or_split(chunk: list[int], first: int) -> None:
         try:

@@ -114,6 +114,8 @@ def growing_cache(config, reserve: int):
     from transformers.cache_utils import DynamicLayer
 
     class GrowingLayer(DynamicLayer):
+        plain_kv = True  # every position's keys and values, as DynamicLayer holds them (bricks.prefix_cache)
+
         def lazy_initialization(self, key_states, value_states) -> None:
             super().lazy_initialization(key_states, value_states)
             self._buffers = None

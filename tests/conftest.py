@@ -151,11 +151,11 @@ def transformers_grouped_executor(conformance_library):
 @pytest.fixture(scope="session")
 def reference_executor(conformance_library):
     """The reference outputs: transformers one request at a time through `generate` (not the lean greedy loop),
-    masks applied by zeroing (no compact FFN)."""
+    masks applied by zeroing (no compact FFN), no prefix kept from one request to the next."""
     from bricks.toyworld.paths import world_model_dir
     from orchestrator.executors.transformers import TransformersExecutor
 
     ex = TransformersExecutor(world_model_dir(), conformance_library, dtype="float32", batch_size=1, compact=False,
-                              lean_decode=False)
+                              lean_decode=False, prefix_cache_bytes=0)
     yield ex
     ex.close()

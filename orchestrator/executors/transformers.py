@@ -17,6 +17,7 @@ from bricks.lora.base_only import BaseOnly
 from bricks.lora.merge_cache import MergeCache, MergeStats
 from bricks.lora.multi import UnsupportedMixedLoraError
 from bricks.model_io import load_model, load_tokenizer
+from bricks.prefix_cache import PrefixCache
 from bricks.prefix_share import PrefixStats
 from orchestrator.executors.base import (
     GenerationRequest,
@@ -72,7 +73,8 @@ class TransformersExecutor:
     mask, kept in a cache of at most `compact_cache_bytes`); `fast_decode` (bricks.fast_decode.FastDecode) adds a
     static KV cache and a compiled decode step, on a GPU by default. With `share_prefixes`, rows of a batch with
     the same configuration whose prompts start alike compute that start once (`bricks.prefix_share`; dynamic KV
-    cache only). With `lean_decode`, batches run a loop whose finished rows leave the batch and whose KV cache
+    cache only), and those shared starts, and a lone prompt's first whole blocks, are kept across calls in a
+    store of at most `prefix_cache_bytes` (`bricks.prefix_cache`; 0: off; cleared when adapters change). With `lean_decode`, batches run a loop whose finished rows leave the batch and whose KV cache
     grows in place (`bricks.lean_decode`: greedy, the same tokens as `generate`, which runs whatever it cannot).
 
     LoRA bricks are loaded into one PeftModel on first use and kept; several bricks in one step are combined
@@ -91,7 +93,7 @@ class TransformersExecutor:
                  merge_cache_size: int = 16, merge_cache_bytes: int | None = None, device: str | None = "auto",
                  device_map: str | dict | None = None, mixed_batches: bool = True, mixed_group_rows: int = 32,
                  fast_decode=None, share_prefixes: bool = True, lean_decode: bool = True,
-                 compact_cache_bytes: int = 4 * 2**30) -> None:
+                 compact_cache_bytes: int = 4 * 2**30, prefix_cache_bytes: int = 256 * 2**20) -> None:
         from bricks.device import resolve_device
         from bricks.emergent.compact_cache import CompactCache
         from bricks.fast_decode import FastDecode
@@ -120,6 +122,8 @@ class TransformersExecutor:
         self._base_switch = BaseOnly()  # LoRA layers off, found once per set of loaded adapters
         self.share_prefixes = share_prefixes  # rows of a batch that start alike compute that start once
         self.prefix_stats = PrefixStats()
+        # shared prefixes and lone prompts' beginnings, kept across calls (0: off); cleared when adapters change
+        self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes else None
         self.lean_decode = lean_decode  # batches whose finished rows leave (bricks.lean_decode)
         self._prompt_ids = PromptIds(self.tokenizer)  # checked against the context, then generated: tokenized once
 
@@ -154,6 +158,7 @@ class TransformersExecutor:
             self.model = PeftModel.from_pretrained(self.model, str(folder), adapter_name=name, is_trainable=False)
         self.model.eval()
         self._loaded.add(name)
+        self._forget_prefixes()
         log.info("loaded LoRA brick %s from %s", key, folder)
         return name
 
@@ -203,7 +208,12 @@ class TransformersExecutor:
         self._loaded.discard(name)
         if self.model is not None and name in getattr(self.model, "peft_config", {}):
             self.model.delete_adapter(name)
+        self._forget_prefixes()
         log.info("merge cache: deleted merged adapter %s", lora_key)
+
+    def _forget_prefixes(self) -> None:
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
 
     # -- Executor ---------------------------------------------------------------------------------------
     def _base_only(self):
@@ -291,6 +301,7 @@ class TransformersExecutor:
                                                streamer=self._streamer(idx, on_delta),
                                                cancelled=_local(idx, cancelled), share_prefixes=self.share_prefixes,
                                                prefix_stats=self.prefix_stats, lean_decode=self.lean_decode,
+                                               row_keys=[config.key] * len(idx), prefix_cache=self.prefix_cache,
                                                **kwargs)
                     for i, text in zip(idx, texts):
                         out[i] = text
@@ -343,7 +354,7 @@ class TransformersExecutor:
                               fast_decode=dataclasses.replace(self.fast_decode, compile=False), cancelled=cancelled,
                               share_prefixes=self.share_prefixes,
                               row_keys=[r.config.key for r in requests], prefix_stats=self.prefix_stats,
-                              lean_decode=self.lean_decode, **kwargs)
+                              lean_decode=self.lean_decode, prefix_cache=self.prefix_cache, **kwargs)
 
     def _stack(self, needed: Sequence[str]):
         """The loaded adapters stacked for one-pass batches (rebuilt when adapters are loaded or deleted); only
@@ -376,4 +387,5 @@ class TransformersExecutor:
                                         context=context_length(self.model.config), batch_size=self.batch_size)
 
     def close(self) -> None:
+        self._forget_prefixes()
         self.model = None

@@ -151,6 +151,38 @@ def test_transformers_rows_that_start_alike_share_their_prefill(request, expecte
 
 
 @pytest.mark.parametrize("name", ["transformers", "transformers_grouped"])
+@pytest.mark.parametrize("case", ["lora", "mask", "mixed"])
+def test_transformers_prefixes_kept_across_calls_give_the_same_texts(request, expected, name, case, monkeypatch):
+    executor = request.getfixturevalue(f"{name}_executor")
+    store = executor.prefix_cache
+    assert store is not None  # on by default
+    assert executor.generate(CASES[case]) == expected[case]
+    hits = store.stats.hits
+    assert executor.generate(CASES[case]) == expected[case]  # the shared prefixes come from the store now
+    assert store.stats.hits > hits
+    hits = store.stats.hits
+    assert [executor.generate([r])[0] for r in CASES[case]] == expected[case]  # so do lone requests' beginnings
+    assert store.stats.hits >= hits + len(CASES[case])
+    monkeypatch.setattr(executor, "prefix_cache", None)
+    assert executor.generate(CASES[case]) == expected[case]
+
+
+def test_transformers_prefix_store_forgets_when_an_adapter_loads(conformance_library):
+    from bricks.toyworld.paths import world_model_dir
+    from orchestrator.executors.transformers import TransformersExecutor
+
+    ex = TransformersExecutor(world_model_dir(), conformance_library, dtype="float32")
+    try:
+        ex.generate(CASES["base"][:4])
+        assert {key for key, _ in ex.prefix_cache.entries()} == {"base"}
+        ex.generate(CASES["lora"][:1])  # loads caesar: what the model computed before is forgotten
+        assert "base" not in {key for key, _ in ex.prefix_cache.entries()}
+    finally:
+        ex.close()
+    assert len(ex.prefix_cache) == 0
+
+
+@pytest.mark.parametrize("name", ["transformers", "transformers_grouped"])
 @pytest.mark.parametrize("case", ["lora", "mixed"])
 def test_transformers_lean_decode_loop_and_generate_give_the_same_texts(request, expected, name, case, monkeypatch):
     executor = request.getfixturevalue(f"{name}_executor")

@@ -381,6 +381,9 @@ def test_models_health_and_metrics(client, server):
     _ask(client, "Apply a Caesar shift of one.", model="brick:caesar", extra_body={"input": "abc"})
     after = httpx.get(server.url + "/health").json()
     assert after["batches"] > health["batches"] and after["busy_s"] > health["busy_s"]  # the batch's running time
+    _ask(client, "Apply a Caesar shift of one.", model="brick:caesar", extra_body={"input": "abd"})
+    again = httpx.get(server.url + "/health").json()  # the same prompt's first block, kept by the request before
+    assert again["prefix_cache_hits"] > after["prefix_cache_hits"] and again["prefix_cache_hit_tokens"] >= 16
     text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
     for needle in ('brickwork_requests_total{endpoint="/v1/chat/completions",status="200"}',
                    'brickwork_errors_total{code="404",endpoint="/v1/chat/completions"}',

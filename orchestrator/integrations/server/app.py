@@ -249,6 +249,7 @@ def create_app(config: ServerConfig | None = None, orchestrator=None, *, close_o
         import torch
 
         loop = getattr(state.orc.executor, "loop_stats", None)
+        prefixes = getattr(getattr(state.orc.executor, "prefix_cache", None), "stats", None)
         return Health(executor=type(state.orc.executor).__name__, bricks=len(state.orc.planner.library.list()),
                       queued=b.depth if b else 0, batches=b.stats.batches if b else 0,
                       mean_batch=round(b.stats.mean_batch, 3) if b else 0.0,
@@ -256,7 +257,9 @@ def create_app(config: ServerConfig | None = None, orchestrator=None, *, close_o
                       concurrent_batches=b.max_concurrent if b else 1,
                       engine_joined=getattr(loop, "joined", None), dropped=b.stats.dropped if b else 0,
                       engine_aborted=getattr(loop, "aborted", None), torch_threads=torch.get_num_threads(),
-                      gc_frozen=state.freezer.frozen if state.freezer else 0)
+                      gc_frozen=state.freezer.frozen if state.freezer else 0,
+                      prefix_cache_hits=getattr(prefixes, "hits", None),
+                      prefix_cache_hit_tokens=getattr(prefixes, "hit_tokens", None))
 
     @app.get("/metrics", dependencies=[api_key])
     async def metrics() -> Response:
