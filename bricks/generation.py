@@ -61,6 +61,9 @@ class GeneratedText(str):
         self.prompt_tokens = prompt_tokens
         return self
 
+    def __reduce__(self):  # pickled with its counts (the server's engine process sends results)
+        return GeneratedText, (str(self), self.tokens, self.prompt_tokens)
+
 
 def _written(row: Sequence[int], ends: set[int]) -> int:
     """Tokens a row of `generate`'s new tokens holds before its first end or padding token."""

@@ -2,4 +2,5 @@
 
 from orchestrator.cli import main
 
-main()
+if __name__ == "__main__":  # not when a spawned process (the server's engine) imports it
+    main()

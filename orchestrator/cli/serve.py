@@ -33,6 +33,9 @@ def serve(model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt
           max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", help="Larger request bodies get 413."),
           torch_threads: Optional[int] = typer.Option(
               None, "--torch-threads", help="Torch CPU threads (default: all cores but one, for the event loop)."),
+          engine_process: bool = typer.Option(
+              False, "--engine-process/--in-process",
+              help="Run the model (transformers) in a process apart from HTTP: a crash is a 503, not a dead server."),
           log_level: str = typer.Option("info", "--log-level", help="uvicorn's log level.")) -> None:
     """Serve OpenAI's /v1/chat/completions, /v1/completions and /v1/models, plus /health, /metrics and /admin."""
     from pydantic import ValidationError
@@ -44,7 +47,8 @@ def serve(model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt
                               admin_key=admin_key, admin_folder=admin_folder, max_batch=max_batch,
                               batch_wait_ms=batch_wait_ms, concurrent_batches=concurrent_batches,
                               max_queue=max_queue, max_tokens=max_tokens,
-                              max_body_bytes=max_body_bytes, torch_threads=torch_threads)
+                              max_body_bytes=max_body_bytes, torch_threads=torch_threads,
+                              engine_process=engine_process)
     except ValidationError as e:
         err = e.errors()[0]
         fail(f"--{'-'.join(str(x) for x in err['loc']).replace('_', '-')} {err.get('input')!r}: {err['msg']}")
@@ -62,7 +66,12 @@ def serve(model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt
 
         torch.set_num_threads(config.threads())  # before the model runs: no pool of more threads is ever started
 
-        orc = Orchestrator.from_pretrained(config.model, config.library, config.executor)  # errors: one line, exit 2
+        if config.uses_engine_process():  # the model in a process of its own; its startup errors come back here
+            from orchestrator.integrations.server.engine_client import start_engine
+
+            orc = start_engine(config)
+        else:
+            orc = Orchestrator.from_pretrained(config.model, config.library, config.executor)  # errors: one line
     except user_errors() as e:
         fail(first_line(e))
     try:

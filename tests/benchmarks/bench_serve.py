@@ -9,6 +9,7 @@ p50 and p99 latency, the mean batch the server formed; and the server's RSS over
     python tests/benchmarks/bench_serve.py [--requests 256] [--clients 1 8 32 128] [--max-batch 32] [--repeat 1]
                                            [--tasks mixed|reverse] [--executor transformers|vllm]
                                            [--compare-concurrent 1 4] [--no-ceiling]
+                                           [--engine-process | --in-process] [--compare-engine]
 
 Then one client streams `--stream-requests` answers: time to the first content chunk against time to the whole
 answer (medians), chunks per answer, and whether the chunks add up to the right answer.
@@ -56,23 +57,46 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _family(pid: int) -> list[int]:
+    """`pid` and its descendants (the server's engine process)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += parents.get(p, [])
+    return out
+
+
 def _cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far."""
+    """CPU seconds (user + system) a process and its descendants have used so far."""
+    total = 0.0
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        for p in _family(pid):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
     except (OSError, IndexError, ValueError):
         return float("nan")
 
 
 def _rss_mib(pid: int) -> float:
+    """Resident memory of a process and its descendants."""
+    total = 0.0
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+        for p in _family(pid):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+        return total
     except OSError:
-        pass
-    return float("nan")
+        return float("nan")
 
 
 class RssSampler(threading.Thread):
@@ -95,6 +119,8 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
            "--executor", args.executor, "--concurrent-batches", str(args.concurrent_batches)]
     if args.torch_threads:
         cmd += ["--torch-threads", str(args.torch_threads)]
+    if args.engine_process:
+        cmd += ["--engine-process"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "BRICKWORK_API_KEY": "bench"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -242,6 +268,11 @@ def main() -> None:
     parser.add_argument("--compare-concurrent", type=int, nargs="*", default=[],
                         help="Then, for each N given, a fresh server with --concurrent-batches N serves the largest "
                              "--clients level (vLLM: batches that run at once, side by side).")
+    parser.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=False,
+                        help="The model in a process of its own (default: in the HTTP process, as the server's).")
+    parser.add_argument("--compare-engine", action="store_true",
+                        help="Then a fresh server with the model placed the other way (--engine-process against "
+                             "--in-process) serves the same --clients levels, side by side.")
     parser.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
                         help="After the server stops, run the same tasks in this process (no HTTP) one at a time and "
                              "in batches of 32: the most batching can give on this machine.")
@@ -304,6 +335,25 @@ def main() -> None:
             proc.wait(60)
         log.info("--concurrent-batches %d, %d clients: %.1f req/s, p50 %.1f ms, p99 %.1f ms, mean batch %.1f, "
                  "errors %d", n, clients, r["rps"], r["p50"], r["p99"], r["mean_batch"], sum(r["errors"].values()))
+    if args.compare_engine:
+        other = argparse.Namespace(**{**vars(args), "engine_process": not args.engine_process})
+        proc, url = start_server(other)
+        try:
+            asyncio.run(level(url, 4, 40, 60))
+            tasks = TASKS if args.tasks == "mixed" else TASKS[:1]
+            alone = [[asyncio.run(level(url, c, max(args.requests, c), args.time_limit, tasks, proc.pid))
+                      for c in args.clients] for _ in range(max(1, args.repeat))]
+        finally:
+            proc.terminate()
+            proc.wait(60)
+        alone_rows = [max((run[i] for run in alone), key=lambda r: r["rps"]) for i in range(len(args.clients))]
+        alone_base = alone_rows[0]["rps"] if alone_rows[0]["clients"] == 1 else None
+        for r, e in zip(alone_rows, rows):
+            log.info("%s, %3d clients: %.1f req/s (%s one client), p50 %.1f ms, p99 %.1f ms, %.2f ms CPU/req, "
+                     "errors %d; the first server / this one: %.2fx req/s",
+                     "--in-process" if args.engine_process else "--engine-process", r["clients"], r["rps"],
+                     f"{r['rps'] / alone_base:.2f}x" if alone_base else "-", r["p50"], r["p99"], r["cpu_ms"],
+                     sum(r["errors"].values()), e["rps"] / r["rps"])
     if args.ceiling:
         one, batched = ceiling(TASKS if args.tasks == "mixed" else TASKS[:1], threads=args.torch_threads)
         log.info("in process, no HTTP, the server's torch threads: %.1f rows/s one at a time, %.1f rows/s in batches "

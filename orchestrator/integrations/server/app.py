@@ -92,13 +92,19 @@ class ServerState:
         self.freezer = WarmFreeze(config.gc_freeze_after_batches) if config.gc_freeze else None
 
     async def open(self) -> None:
-        if self.orc is None:
+        c = self.config
+        if self.orc is None and c.uses_engine_process():
+            from orchestrator.integrations.server.engine_client import start_engine
+
+            self.orc = await asyncio.to_thread(start_engine, c)
+        elif self.orc is None:
             from orchestrator.api import Orchestrator
 
-            c = self.config
             self.orc = await asyncio.to_thread(Orchestrator.from_pretrained, c.model, c.library, c.executor)
-        await asyncio.to_thread(importlib.import_module, "orchestrator.integrations.langchain")  # not on a request
-        self.runner = Runner(self.orc, max_plan_steps=self.config.max_plan_steps)
+        remote = getattr(self.orc, "runner", None)  # an EngineView: batches run in the engine process
+        if remote is None:
+            await asyncio.to_thread(importlib.import_module, "orchestrator.integrations.langchain")  # not on a request
+        self.runner = remote if remote is not None else Runner(self.orc, max_plan_steps=c.max_plan_steps)
         self.batcher = MicroBatcher(self.runner, max_batch=self.config.max_batch, wait_ms=self.config.batch_wait_ms,
                                     max_queue=self.config.max_queue, on_batch=self._after_batch,
                                     max_concurrent=self.config.concurrent_batches if self.runner.concurrent else 1,
@@ -248,9 +254,14 @@ def create_app(config: ServerConfig | None = None, orchestrator=None, *, close_o
         b = state.batcher
         import torch
 
-        loop = getattr(state.orc.executor, "loop_stats", None)
-        prefixes = getattr(getattr(state.orc.executor, "prefix_cache", None), "stats", None)
-        return Health(executor=type(state.orc.executor).__name__, bricks=len(state.orc.planner.library.list()),
+        executor = getattr(state.orc, "executor", None)  # None: the model runs in the engine process
+        loop = getattr(executor, "loop_stats", None)
+        stats = getattr(getattr(executor, "prefix_cache", None), "stats", None)
+        engine = getattr(state.orc, "snapshot", None)
+        hits = stats.hits if stats is not None else getattr(engine, "prefix_hits", None)
+        hit_tokens = stats.hit_tokens if stats is not None else getattr(engine, "prefix_hit_tokens", None)
+        return Health(executor=getattr(state.orc, "executor_name", None) or type(executor).__name__,
+                      bricks=len(state.orc.planner.library.list()), engine_process=engine is not None,
                       queued=b.depth if b else 0, batches=b.stats.batches if b else 0,
                       mean_batch=round(b.stats.mean_batch, 3) if b else 0.0,
                       busy_s=round(b.stats.busy_s, 3) if b else 0.0,
@@ -258,8 +269,7 @@ def create_app(config: ServerConfig | None = None, orchestrator=None, *, close_o
                       engine_joined=getattr(loop, "joined", None), dropped=b.stats.dropped if b else 0,
                       engine_aborted=getattr(loop, "aborted", None), torch_threads=torch.get_num_threads(),
                       gc_frozen=state.freezer.frozen if state.freezer else 0,
-                      prefix_cache_hits=getattr(prefixes, "hits", None),
-                      prefix_cache_hit_tokens=getattr(prefixes, "hit_tokens", None))
+                      prefix_cache_hits=hits, prefix_cache_hit_tokens=hit_tokens)
 
     @app.get("/metrics", dependencies=[api_key])
     async def metrics() -> Response:

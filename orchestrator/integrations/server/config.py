@@ -60,6 +60,11 @@ class ServerConfig(BaseModel):
     """Torch's CPU threads (None: every core this process may use but one, at least 1). The core left over runs
     the HTTP event loop: torch's idle threads spin. Toy world, 2 cores, 32 clients: 1 thread served 249 req/s on
     0.94 cores, 2 threads 239 req/s on 1.71 (`bench_serve.py --torch-threads 2`)."""
+    engine_process: bool = False
+    """Run the model in a process of its own, apart from the HTTP front (`engine.py`; transformers executor, when
+    the server opens its orchestrator itself). A crashed model is then a 503, not a dead server, and HTTP does not
+    share the model's GIL; but every batch crosses a pipe: on the toy world's 2-core machine it served fewer
+    requests/s than one process (`bench_serve.py --compare-engine`), so it is off by default."""
     keep_alive_s: float = Field(default=75.0, gt=0)
     """How long an idle connection stays open. Longer than the pools of common clients keep one (httpx and the
     `openai` package: 5 s), so a client never sends on a connection the server is closing (uvicorn's 5 s default
@@ -68,6 +73,11 @@ class ServerConfig(BaseModel):
     """Freeze the objects that live as long as the server out of the garbage collector's full passes, before
     serving and after `gc_freeze_after_batches` batches (toy world: p99 of 10,000 requests 485 -> 234 ms)."""
     gc_freeze_after_batches: int = Field(default=20, ge=0)
+
+    def uses_engine_process(self) -> bool:
+        """Whether a server that opens its own orchestrator runs it in an engine process (`engine_process`; vLLM
+        has engine processes of its own)."""
+        return self.engine_process and self.executor == "transformers"
 
     def threads(self) -> int:
         """The torch CPU threads to run with (`torch_threads`, or all usable cores but one)."""

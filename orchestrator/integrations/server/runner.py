@@ -64,7 +64,11 @@ def parse_brick_key(text: str) -> tuple[str, int | None]:
 
 
 def supports_seed(orc) -> bool:
-    """Whether seeded sampling is reproducible on this orchestrator's executor (transformers: torch's RNG)."""
+    """Whether seeded sampling is reproducible on this orchestrator's executor (transformers: torch's RNG); an
+    engine process's view says it (`seedable`)."""
+    seedable = getattr(orc, "seedable", None)
+    if seedable is not None:
+        return bool(seedable)
     return type(orc.executor).__module__.startswith("orchestrator.executors.transformers")
 
 

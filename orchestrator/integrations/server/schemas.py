@@ -227,6 +227,7 @@ class Health(BaseModel):
     dropped: int = 0  # jobs whose caller went away: never run, or stopped while their batch ran
     engine_aborted: int | None = None  # vLLM: requests aborted in the engine because their caller went away
     torch_threads: int = 1  # torch's CPU threads in the server process
+    engine_process: bool = False  # the model runs in a process of its own (engine.py)
     gc_frozen: int = 0  # objects moved out of the garbage collector's passes (gc_freeze.py)
     prefix_cache_hits: int | None = None  # transformers: prompt beginnings taken from the prefix cache
     prefix_cache_hit_tokens: int | None = None  # ... and the prompt tokens they skipped (None: no prefix cache)
