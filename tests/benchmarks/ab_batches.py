@@ -40,8 +40,10 @@ def compare(orc, jobs: Sequence[dict], sizes: Sequence[int], repeat: int, switch
         print(f"{size:>5} {best[True]:>16.1f} {best[False]:>16.1f} {best[True] / best[False]:>5.2f}x {str(same):>13}")
 
 
-def run(description: str, attribute: str, labels: tuple[str, str], report: Callable | None = None) -> None:
-    """The command line of an A/B benchmark of the executor's boolean `attribute` (`report(executor)` after)."""
+def run(description: str, attribute: str | Callable[[object], Callable[[bool], None]], labels: tuple[str, str],
+        report: Callable | None = None) -> None:
+    """The command line of an A/B benchmark of the executor's boolean `attribute`, or of the switch that
+    `attribute(executor)` makes (`report(executor)` after)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--rows", type=int, default=320)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 16, 32, 64])
@@ -58,7 +60,7 @@ def run(description: str, attribute: str, labels: tuple[str, str], report: Calla
     print(f"torch threads {torch.get_num_threads()}")
     with Orchestrator.from_pretrained() as orc:
         executor = orc.executor
-        compare(orc, mixed_jobs(args.rows), args.sizes, args.repeat, lambda on: setattr(executor, attribute, on),
-                labels)
+        switch = attribute(executor) if callable(attribute) else (lambda on: setattr(executor, attribute, on))
+        compare(orc, mixed_jobs(args.rows), args.sizes, args.repeat, switch, labels)
         if report is not None:
             report(executor)
