@@ -212,7 +212,7 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
                 cache = target
                 found = store.longest(keys[0], rows[0], len(rows[0]) - 1)
                 if found is not None:
-                    fill_cache(cache, [(k.to(device), v.to(device)) for k, v in found[1]])
+                    fill_cache(cache, found[1])  # each layer's entry where that layer computed it
                 else:
                     keep = (len(rows[0]) - 1) // store.block * store.block
         width = ids.shape[1]

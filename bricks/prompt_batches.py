@@ -32,16 +32,16 @@ def left_padded(encoded: Sequence[Sequence[int]], pad: int, width: int | None = 
 def _padded(encoded: Sequence[Sequence[int]], pad: int, width: int | None, *, left: bool):
     import torch
 
-    width = max((len(e) for e in encoded), default=0) if width is None else width
+    lengths = [len(e) for e in encoded]
+    width = max(lengths, default=0) if width is None else width
+    if any(n > width for n in lengths):
+        raise ValueError(f"a row of {max(lengths)} tokens does not fit a width of {width}")
+    cols = torch.arange(width)  # [W]
+    n = torch.tensor(lengths, dtype=torch.long)[:, None]  # [B, 1]
+    mask = (cols >= width - n) if left else (cols < n)  # [B, W]: each row's tokens, in order, row by row
     ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for r, e in enumerate(encoded):
-        if not len(e):
-            continue
-        cols = slice(width - len(e), width) if left else slice(0, len(e))
-        ids[r, cols] = torch.tensor(list(e))
-        mask[r, cols] = 1
-    return ids, mask
+    ids[mask] = torch.tensor([t for e in encoded for t in e], dtype=torch.long)
+    return ids, mask.long()
 
 
 def feed_batches(model, items: Iterable[T], batch_size: int, run: Callable[[list[T]], Any], handles: Sequence = (),

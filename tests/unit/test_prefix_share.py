@@ -69,3 +69,17 @@ def test_generate_texts_gives_the_same_greedy_texts_and_counts_what_it_saved(tin
     assert generate_texts(model, tok, prompts, max_new_tokens=6, share_prefixes=True, prefix_stats=keyed,
                           row_keys=[str(i) for i in range(len(prompts))]) == plain
     assert keyed.batches == 0  # every row has its own configuration: nothing to share
+
+
+def test_padding_puts_each_row_in_order_and_refuses_a_row_wider_than_the_width():
+    import pytest
+
+    from bricks.prompt_batches import _padded, left_padded
+
+    ids, mask = left_padded([[1, 2, 3], [4], [], [5, 6]], pad=0)
+    assert ids.tolist() == [[1, 2, 3], [0, 0, 4], [0, 0, 0], [0, 5, 6]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0], [0, 1, 1]]
+    ids, mask = _padded([[1, 2], [3]], 9, 4, left=False)
+    assert ids.tolist() == [[1, 2, 9, 9], [3, 9, 9, 9]] and mask.tolist() == [[1, 1, 0, 0], [1, 0, 0, 0]]
+    with pytest.raises(ValueError, match="a row of 3 tokens does not fit a width of 2"):
+        left_padded([[1, 2, 3]], pad=0, width=2)
