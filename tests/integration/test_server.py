@@ -385,6 +385,7 @@ def test_models_health_and_metrics(client, server):
     again = httpx.get(server.url + "/health").json()  # the same prompt's first block, kept by the request before
     assert again["prefix_cache_hits"] > after["prefix_cache_hits"] and again["prefix_cache_hit_tokens"] >= 16
     text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
+    assert f"brickwork_prefix_cache_hits {float(again['prefix_cache_hits'])}" in text
     for needle in ('brickwork_requests_total{endpoint="/v1/chat/completions",status="200"}',
                    'brickwork_errors_total{code="404",endpoint="/v1/chat/completions"}',
                    "brickwork_request_latency_seconds_bucket", 'brickwork_tokens_total{kind="completion"}',

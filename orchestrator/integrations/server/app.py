@@ -113,6 +113,14 @@ class ServerState:
             self.freezer.start()
         await self.batcher.start()
 
+    def prefix_hits(self) -> tuple[int | None, int | None]:
+        """(hits, prompt tokens not computed) of the executor's prefix cache so far; None without one."""
+        stats = getattr(getattr(getattr(self.orc, "executor", None), "prefix_cache", None), "stats", None)
+        if stats is not None:
+            return stats.hits, stats.hit_tokens
+        engine = getattr(self.orc, "snapshot", None)  # the engine process's, as of its last batch
+        return getattr(engine, "prefix_hits", None), getattr(engine, "prefix_hit_tokens", None)
+
     def _after_batch(self, size: int, seconds: float) -> None:
         self.metrics.observe_batch(size, seconds)
         if self.freezer is not None:
@@ -256,10 +264,8 @@ def create_app(config: ServerConfig | None = None, orchestrator=None, *, close_o
 
         executor = getattr(state.orc, "executor", None)  # None: the model runs in the engine process
         loop = getattr(executor, "loop_stats", None)
-        stats = getattr(getattr(executor, "prefix_cache", None), "stats", None)
         engine = getattr(state.orc, "snapshot", None)
-        hits = stats.hits if stats is not None else getattr(engine, "prefix_hits", None)
-        hit_tokens = stats.hit_tokens if stats is not None else getattr(engine, "prefix_hit_tokens", None)
+        hits, hit_tokens = state.prefix_hits()
         return Health(executor=getattr(state.orc, "executor_name", None) or type(executor).__name__,
                       bricks=len(state.orc.planner.library.list()), engine_process=engine is not None,
                       queued=b.depth if b else 0, batches=b.stats.batches if b else 0,
@@ -275,6 +281,9 @@ def create_app(config: ServerConfig | None = None, orchestrator=None, *, close_o
     async def metrics() -> Response:
         """Prometheus text: requests, errors, latency, tokens, steps, brick uses, batches, queue depth."""
         state.metrics.queued.set(state.batcher.depth if state.batcher else 0)
+        hits, hit_tokens = state.prefix_hits()
+        state.metrics.prefix_hits.set(hits or 0)
+        state.metrics.prefix_hit_tokens.set(hit_tokens or 0)
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
 
     @app.get("/v1/models", response_model=ModelList, dependencies=[api_key])

@@ -1,7 +1,7 @@
 """Prometheus metrics of one server (its own CollectorRegistry, so several apps in a process do not clash).
 
 GET /metrics serves them as Prometheus text: requests and errors by endpoint and status, request latency,
-tokens, steps run, uses of each brick, batch sizes and the queue depth.
+tokens, steps run, uses of each brick, batch sizes, the queue depth and the prefix cache's hits.
 """
 
 from __future__ import annotations
@@ -46,6 +46,10 @@ class ServerMetrics:
         self.queued = Gauge("brickwork_queue_depth", "Requests waiting for a batch", registry=r)
         self.disconnects = Counter("brickwork_client_disconnects_total", "Requests whose client went away first",
                                    registry=r)
+        self.prefix_hits = Gauge("brickwork_prefix_cache_hits", "Prompt beginnings taken from the prefix cache so far",
+                                 registry=r)
+        self.prefix_hit_tokens = Gauge("brickwork_prefix_cache_hit_tokens",
+                                       "Prompt tokens the prefix cache's hits did not compute, so far", registry=r)
 
     def observe_request(self, endpoint: str, status: int, seconds: float, code: str | None = None) -> None:
         """One answered request (and its error code when it is an error)."""
