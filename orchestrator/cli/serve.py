@@ -33,6 +33,8 @@ def serve(model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt
           max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", help="Larger request bodies get 413."),
           torch_threads: Optional[int] = typer.Option(
               None, "--torch-threads", help="Torch CPU threads (default: all cores but one, for the event loop)."),
+          prefix_cache_mib: float = typer.Option(
+              256.0, "--prefix-cache-mib", help="Prompt starts kept across batches, in MiB (transformers; 0: off)."),
           engine_process: bool = typer.Option(
               False, "--engine-process/--in-process",
               help="Run the model (transformers) in a process apart from HTTP: a crash is a 503, not a dead server."),
@@ -48,7 +50,7 @@ def serve(model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt
                               batch_wait_ms=batch_wait_ms, concurrent_batches=concurrent_batches,
                               max_queue=max_queue, max_tokens=max_tokens,
                               max_body_bytes=max_body_bytes, torch_threads=torch_threads,
-                              engine_process=engine_process)
+                              prefix_cache_mib=prefix_cache_mib, engine_process=engine_process)
     except ValidationError as e:
         err = e.errors()[0]
         fail(f"--{'-'.join(str(x) for x in err['loc']).replace('_', '-')} {err.get('input')!r}: {err['msg']}")
@@ -71,7 +73,8 @@ def serve(model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt
 
             orc = start_engine(config)
         else:
-            orc = Orchestrator.from_pretrained(config.model, config.library, config.executor)  # errors: one line
+            orc = Orchestrator.from_pretrained(config.model, config.library, config.executor,  # errors: one line
+                                               **config.executor_options())
     except user_errors() as e:
         fail(first_line(e))
     try:

@@ -65,18 +65,22 @@ def test_serve_options_reach_the_config(monkeypatch, tmp_path):
     import orchestrator.integrations.server as server
     from orchestrator.api import Orchestrator
     from orchestrator.cli import app
+    from orchestrator.integrations.server.config import ServerConfig
 
     seen = {}
     monkeypatch.setattr(server, "serve", lambda config, orc, **kw: seen.setdefault("config", config))
     fake = type("FakeOrchestrator", (), {"close": lambda self: None})
-    monkeypatch.setattr(Orchestrator, "from_pretrained", lambda *a, **kw: fake())
+    monkeypatch.setattr(Orchestrator, "from_pretrained", lambda *a, **kw: (seen.setdefault("options", kw), fake())[1])
     monkeypatch.setenv("BRICKWORK_API_KEY", "from-env")
     result = CliRunner().invoke(app, ["serve", "--port", "9001", "--admin-key", "adm", "--admin-folder", str(tmp_path),
-                                      "--max-batch", "8", "--batch-wait-ms", "2", "--max-queue", "16"])
+                                      "--max-batch", "8", "--batch-wait-ms", "2", "--max-queue", "16",
+                                      "--prefix-cache-mib", "0.5"])
     assert result.exit_code == 0, result.output
     c = seen["config"]
     assert (c.host, c.port, c.api_key, c.admin_key, c.admin_folder) == ("127.0.0.1", 9001, "from-env", "adm", tmp_path)
     assert (c.max_batch, c.batch_wait_ms, c.max_queue, c.executor) == (8, 2.0, 16, "transformers")
+    assert seen["options"] == {"prefix_cache_bytes": 2**19}  # the executor gets the prefix cache's size
+    assert ServerConfig(executor="vllm", prefix_cache_mib=0).executor_options() == {}  # vLLM caches prefixes itself
     result = CliRunner().invoke(app, ["serve", "--admin-key", "from-env"])
     assert result.exit_code == 2 and "must differ" in result.output
     result = CliRunner().invoke(app, ["serve", "--executor", "tpu"])

@@ -100,7 +100,8 @@ class ServerState:
         elif self.orc is None:
             from orchestrator.api import Orchestrator
 
-            self.orc = await asyncio.to_thread(Orchestrator.from_pretrained, c.model, c.library, c.executor)
+            self.orc = await asyncio.to_thread(lambda: Orchestrator.from_pretrained(c.model, c.library, c.executor,
+                                                                                    **c.executor_options()))
         remote = getattr(self.orc, "runner", None)  # an EngineView: batches run in the engine process
         if remote is None:
             await asyncio.to_thread(importlib.import_module, "orchestrator.integrations.langchain")  # not on a request

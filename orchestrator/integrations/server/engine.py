@@ -46,6 +46,7 @@ class EngineSettings:
     gc_freeze: bool = True
     gc_freeze_after_batches: int = 20
     log_level: int = logging.INFO
+    executor_options: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,8 @@ def engine_main(conn, settings: EngineSettings) -> None:
         from orchestrator.api import Orchestrator
         from orchestrator.integrations.server.runner import Runner
 
-        orc = Orchestrator.from_pretrained(settings.model, settings.library, settings.executor)
+        orc = Orchestrator.from_pretrained(settings.model, settings.library, settings.executor,
+                                           **dict(settings.executor_options))
         importlib.import_module("orchestrator.integrations.langchain")  # split_task, not on the first request
         runner = Runner(orc, max_plan_steps=settings.max_plan_steps)
     except BaseException as e:  # noqa: BLE001 (the front shows it in one line)

@@ -226,7 +226,8 @@ def start_engine(config: ServerConfig, *, timeout: float = 900) -> EngineView:
                               executor=config.executor, max_plan_steps=config.max_plan_steps,
                               torch_threads=config.threads(), gc_freeze=config.gc_freeze,
                               gc_freeze_after_batches=config.gc_freeze_after_batches,
-                              log_level=logging.getLogger("orchestrator").getEffectiveLevel())
+                              log_level=logging.getLogger("orchestrator").getEffectiveLevel(),
+                              executor_options=tuple(sorted(config.executor_options().items())))
     engine = _Engine(settings)
     deadline = time.monotonic() + timeout
     try:
