@@ -301,6 +301,9 @@ def main() -> None:
         proc.terminate()
         proc.wait(30)
     base = rows[0]["rps"] if rows and rows[0]["clients"] == 1 else None
+    paired = []  # each sweep's own 32-client / one-client ratio: the machine's drift between sweeps cancels out
+    if base and 32 in args.clients:
+        paired = [run[args.clients.index(32)]["rps"] / run[0]["rps"] for run in runs]
     log.info("%7s %8s %7s %9s %8s %9s %9s %7s %10s %14s", "clients", "requests", "errors", "req/s", "speedup",
              "p50 ms", "p99 ms", "p99/p50", "mean batch", "server CPU/req")
     for r in rows:
@@ -363,6 +366,9 @@ def main() -> None:
         log.info("goals at 32 clients: throughput %.2fx one client (goal >= 5x): %s; p99/p50 %.2f (goal <= 3): %s",
                  at32["rps"] / base, "met" if at32["rps"] / base >= 5 else "NOT met", at32["p99"] / at32["p50"],
                  "met" if at32["p99"] / at32["p50"] <= 3 else "NOT met")
+    if len(paired) > 1:
+        log.info("each sweep's own ratio at 32 clients: %s; median %.2fx, lowest %.2fx",
+                 ", ".join(f"{x:.2f}x" for x in paired), statistics.median(paired), min(paired))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from orchestrator.integrations.server.admin import admin_router
 from orchestrator.integrations.server.batcher import MicroBatcher
 from orchestrator.integrations.server.config import APIError, ServerConfig
 from orchestrator.integrations.server.gc_freeze import WarmFreeze
-from orchestrator.integrations.server.metrics import ServerMetrics
+from orchestrator.integrations.server.metrics import ServerMetrics, prefix_cache_hits
 from orchestrator.integrations.server.middleware import BodyLimit, RequestMetrics, bearer_check
 from orchestrator.integrations.server.runner import Job, Outcome, Runner
 from orchestrator.integrations.server.schemas import (
@@ -113,14 +113,6 @@ class ServerState:
         if self.freezer is not None:
             self.freezer.start()
         await self.batcher.start()
-
-    def prefix_hits(self) -> tuple[int | None, int | None]:
-        """(hits, prompt tokens not computed) of the executor's prefix cache so far; None without one."""
-        stats = getattr(getattr(getattr(self.orc, "executor", None), "prefix_cache", None), "stats", None)
-        if stats is not None:
-            return stats.hits, stats.hit_tokens
-        engine = getattr(self.orc, "snapshot", None)  # the engine process's, as of its last batch
-        return getattr(engine, "prefix_hits", None), getattr(engine, "prefix_hit_tokens", None)
 
     def _after_batch(self, size: int, seconds: float) -> None:
         self.metrics.observe_batch(size, seconds)
@@ -266,7 +258,7 @@ def create_app(config: ServerConfig | None = None, orchestrator=None, *, close_o
         executor = getattr(state.orc, "executor", None)  # None: the model runs in the engine process
         loop = getattr(executor, "loop_stats", None)
         engine = getattr(state.orc, "snapshot", None)
-        hits, hit_tokens = state.prefix_hits()
+        hits, hit_tokens = prefix_cache_hits(state.orc)
         return Health(executor=getattr(state.orc, "executor_name", None) or type(executor).__name__,
                       bricks=len(state.orc.planner.library.list()), engine_process=engine is not None,
                       queued=b.depth if b else 0, batches=b.stats.batches if b else 0,
@@ -282,7 +274,7 @@ def create_app(config: ServerConfig | None = None, orchestrator=None, *, close_o
     async def metrics() -> Response:
         """Prometheus text: requests, errors, latency, tokens, steps, brick uses, batches, queue depth."""
         state.metrics.queued.set(state.batcher.depth if state.batcher else 0)
-        hits, hit_tokens = state.prefix_hits()
+        hits, hit_tokens = prefix_cache_hits(state.orc)
         state.metrics.prefix_hits.set(hits or 0)
         state.metrics.prefix_hit_tokens.set(hit_tokens or 0)
         return Response(state.metrics.render(), media_type=state.metrics.content_type)

@@ -15,7 +15,7 @@ except ImportError as e:  # pragma: no cover (part of the serve extra)
 
 from orchestrator.result import Result
 
-__all__ = ["ServerMetrics"]
+__all__ = ["ServerMetrics", "prefix_cache_hits"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -76,3 +76,13 @@ class ServerMetrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""
         return generate_latest(self.registry)
+
+
+def prefix_cache_hits(orc) -> tuple[int | None, int | None]:
+    """(hits, prompt tokens not computed) of an orchestrator's prefix cache so far (an engine process's: as of its
+    last batch); None without one."""
+    stats = getattr(getattr(getattr(orc, "executor", None), "prefix_cache", None), "stats", None)
+    if stats is not None:
+        return stats.hits, stats.hit_tokens
+    engine = getattr(orc, "snapshot", None)
+    return getattr(engine, "prefix_hits", None), getattr(engine, "prefix_hit_tokens", None)
