@@ -15,6 +15,10 @@ ratio measured side by side in this run, then a summary against the issue's goal
    `generate` per adapter (grouped). Eager `generate`, --lora-new new tokens.
 4. one FFN layer (4096 x 14336): compact and masked against dense at 1..4,096 tokens, and what building the
    compact matrices costs without and with the cache.
+5. the prefix cache: 32 requests that share a --system-tokens system prompt, each with its own 32-token question:
+   whole prompts, the shared start computed once per batch (bricks.prefix_share), and taken from the store an
+   earlier batch filled (bricks.prefix_cache); then one request alone, whole against stored. Lean decoding,
+   --lora-new new tokens; whether the texts are the same.
 The run stops starting costly points when --budget-s would be passed (a fast-path point is first a
 compilation); what is skipped says so. Each point that fails prints its error and the run goes on.
 
@@ -57,7 +61,8 @@ def args_of(argv=None) -> argparse.Namespace:
     ap.add_argument("--small", action="store_true", help="a tiny Llama, a few tokens (runs on a CPU in seconds)")
     ap.add_argument("--budget-s", type=float, default=None, help="wall time to stay under (default 285; small 600)")
     ap.add_argument("--bandwidth-gbs", type=float, default=4800.0, help="memory bandwidth, GB/s (H200: 4800)")
-    ap.add_argument("--sections", type=int, nargs="+", default=[1, 2, 3, 4], choices=[1, 2, 3, 4])
+    ap.add_argument("--sections", type=int, nargs="+", default=[1, 2, 3, 4, 5], choices=[1, 2, 3, 4, 5])
+    ap.add_argument("--system-tokens", type=int, default=None, help="section 5's shared prompt (default 512; small 24)")
     ap.add_argument("--batches", type=int, nargs="+", default=None, help="default 1 32 128 (small: 1 4)")
     ap.add_argument("--prompt", type=int, default=None, help="prompt tokens (default 64; small 8)")
     ap.add_argument("--new", type=int, default=None, help="new tokens (default 64; small 4)")
@@ -77,6 +82,7 @@ def args_of(argv=None) -> argparse.Namespace:
     a.new = a.new or (4 if small else 64)
     a.lora_requests = a.lora_requests or (8 if small else 256)
     a.lora_new = a.lora_new or (2 if small else 16)
+    a.system_tokens = a.system_tokens or (24 if small else 512)
     return a
 
 
@@ -412,6 +418,50 @@ def lora_section(b: Bench) -> None:
     b.goal("8 mixed LoRAs (PEFT adapter_names) / base time", x, "(today)", None, "x")
 
 
+class _Ids:
+    """The tokenizer `generate_texts` needs for prompts given as ids: pad 0, end 2, texts are the ids."""
+
+    pad_token_id, eos_token_id = 0, 2
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return " ".join(str(int(i)) for i in ids)
+
+
+def prefix_section(b: Bench) -> None:
+    """5. Whole prompts, shared starts once per batch, and starts from the prefix store (module docstring)."""
+    from bricks.generation import generate_texts
+    from bricks.prefix_cache import PrefixCache
+
+    a, torch = b.args, b.torch
+    model = llama(b)
+    rows, question = (4, 4) if a.small else (32, 32)
+    g = torch.Generator().manual_seed(7)
+    draw = lambda n: torch.randint(10, model.config.vocab_size, (n,), generator=g).tolist()  # noqa: E731
+    system = draw(a.system_tokens)
+    prompts = [system + draw(question) for _ in range(rows)]
+    tok, store = _Ids(), PrefixCache(max_bytes=4 * 2**30)
+
+    def run(batch, **kw):
+        with torch.inference_mode():
+            return generate_texts(model, tok, [""] * len(batch), encoded=batch, max_new_tokens=a.lora_new,
+                                  lean_decode=True, row_keys=["base"] * len(batch), **kw)
+
+    plain_texts = run(prompts)
+    plain = b.median_ms(lambda: run(prompts), reps=a.reps)
+    shared = b.median_ms(lambda: run(prompts, share_prefixes=True), reps=a.reps)
+    stored_texts = run(prompts, share_prefixes=True, prefix_cache=store)  # fills the store
+    stored = b.median_ms(lambda: run(prompts, share_prefixes=True, prefix_cache=store), reps=a.reps, warm=0)
+    lone = b.median_ms(lambda: run(prompts[:1]), reps=a.reps)
+    lone_stored = b.median_ms(lambda: run(prompts[1:2], share_prefixes=True, prefix_cache=store), reps=a.reps)
+    same = sum(x == y for x, y in zip(plain_texts, stored_texts))
+    say(part="prefix", rows=rows, system_tokens=a.system_tokens, question_tokens=question, new=a.lora_new,
+        plain_ms=round(plain, 2), shared_ms=round(shared, 2), stored_ms=round(stored, 2),
+        shared_x=round(plain / shared, 2), stored_x=round(plain / stored, 2), lone_ms=round(lone, 2),
+        lone_stored_ms=round(lone_stored, 2), lone_x=round(lone / lone_stored, 2), same_texts=f"{same}/{rows}",
+        store_hits=store.stats.hits, store_mib=round(store.stats.bytes / 2**20, 1))
+    b.goal(f"prefix store, batch of {rows}: x whole prompts", plain / stored, "(no goal)", None, "x")
+
+
 def main(argv=None) -> None:
     args = args_of(argv)
     _stub_packages()
@@ -423,7 +473,7 @@ def main(argv=None) -> None:
     say(device=b.dev, gpu=torch.cuda.get_device_name() if b.dev == "cuda" else None, torch=torch.__version__,
         transformers=__import__("transformers").__version__, peft=_version("peft"), small=args.small,
         budget_s=args.budget_s, bandwidth_gbs=args.bandwidth_gbs)
-    for number, section in ((4, ffn_section), (1, decode_sections), (3, lora_section)):
+    for number, section in ((4, ffn_section), (1, decode_sections), (3, lora_section), (5, prefix_section)):
         wanted = number in args.sections or (number == 1 and 2 in args.sections)
         if not wanted:
             continue

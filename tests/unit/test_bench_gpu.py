@@ -40,7 +40,9 @@ def test_bench_gpu_small_runs_without_pydantic_faiss_vllm_and_prints_every_secti
     failed = [r for r in rows if any(k.endswith("error") or k.endswith("skipped") for k in r)]
     assert not failed, done.stdout[-3000:]
     parts = {r.get("part") for r in rows}
-    assert {"ffn", "model", "point", "decode", "brick", "lora"} <= parts
+    assert {"ffn", "model", "point", "decode", "brick", "lora", "prefix"} <= parts
+    prefix = next(r for r in rows if r.get("part") == "prefix")
+    assert prefix["same_texts"] == f"{prefix['rows']}/{prefix['rows']}" and prefix["store_hits"] >= 2
     ffn = [r for r in rows if r.get("part") == "ffn" and "tokens" in r]
     assert [r["tokens"] for r in ffn] == [1, 16] and all("compact25_x" in r and "masked25_x" in r for r in ffn)
     points = {(r["variant"], r["path"], r["batch"]): r for r in rows if r.get("part") == "point"}
