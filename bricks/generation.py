@@ -192,29 +192,29 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
         if cancelled is not None and all(cancelled(i) for i in chunk):
             return
         rows = [encoded[i] for i in chunk]
-        plan = sharing(rows, [row_keys[i] for i in chunk] if row_keys is not None else None)
-        ids, mask = shared_layout(rows, plan, pad) if plan is not None else left_padded(rows, pad)
-        cache, keep = None, 0  # keep: a lone row's first tokens to store once it ran
         keys = [row_keys[i] for i in chunk] if row_keys is not None else None
+        plan = sharing(rows, keys)
+        ids, mask = shared_layout(rows, plan, pad) if plan is not None else left_padded(rows, pad)
         store = prefix_cache if share and keys is not None else None
+        lone = plan is None and store is not None and len(rows) == 1 and len(rows[0]) > 1
+        cache, keep = None, 0  # keep: a lone row's first tokens to store once it ran
+        if plan is not None or lone:
+            target = growing_cache(model.config, max_new_tokens) if lean else DynamicCache(config=model.config)
         if plan is not None:
             context = None if batch_context is None else (lambda reps: batch_context([chunk[r] for r in reps]))
-            target = growing_cache(model.config, max_new_tokens) if lean else DynamicCache(config=model.config)
             if store is not None and cacheable(target):
                 cache = prefill_cached(model, rows, plan, keys, pad, device, store, context, cache=target)
             else:
                 cache = prefill_prefixes(model, rows, plan, pad, device, context, cache=target)
             if prefix_stats is not None:
                 prefix_stats.count(plan, rows)
-        elif store is not None and len(rows) == 1 and len(rows[0]) > 1:
-            target = growing_cache(model.config, max_new_tokens) if lean else DynamicCache(config=model.config)
-            if cacheable(target) and (window is None or len(rows[0]) + max_new_tokens <= window):
-                cache = target
-                found = store.longest(keys[0], rows[0], len(rows[0]) - 1)
-                if found is not None:
-                    fill_cache(cache, found[1])  # each layer's entry where that layer computed it
-                else:
-                    keep = (len(rows[0]) - 1) // store.block * store.block
+        elif lone and cacheable(target) and (window is None or len(rows[0]) + max_new_tokens <= window):
+            cache = target
+            found = store.longest(keys[0], rows[0], len(rows[0]) - 1)
+            if found is not None:
+                fill_cache(cache, found[1])  # each layer's entry where that layer computed it
+            else:
+                keep = (len(rows[0]) - 1) // store.block * store.block
         width = ids.shape[1]
         ids, mask = ids.to(device), mask.to(device)  # filled on the CPU, copied once per batch
         if lean:
@@ -227,28 +227,26 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
             for row, i in enumerate(chunk):
                 results[i] = GeneratedText(tokenizer.decode(tokens[row], skip_special_tokens=True), len(tokens[row]),
                                            len(encoded[i]))
-            if keep:
-                store.put(keys[0], rows[0][:keep], prompt_layers(cache, 0, keep))
-            return
-        with batch_context(chunk) if batch_context is not None else contextlib.nullcontext():
-            extra = decode_kwargs(model, fast_decode) if fast_decode is not None else {}
-            extra.update(generate_kwargs or {})
-            if cache is not None:
-                extra["past_key_values"] = cache
-            if streamer is not None:
-                extra["streamer"] = streamer(chunk)
-            if cancelled is not None:
-                extra["stopping_criteria"] = _stop_rows(chunk, cancelled, *extra.get("stopping_criteria", ()))
-            out = model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
-                eos_token_id=tokenizer.eos_token_id, **sampling, **extra,
-            )  # [B, width + new]
-        ends = {*eos_ids, pad}  # rows that ended are padded
-        for row, i in enumerate(chunk):
-            new = out[row, width:].tolist()
-            results[i] = GeneratedText(tokenizer.decode(new, skip_special_tokens=True), _written(new, ends),
-                                       len(encoded[i]))
-        if keep:
+        else:
+            with batch_context(chunk) if batch_context is not None else contextlib.nullcontext():
+                extra = decode_kwargs(model, fast_decode) if fast_decode is not None else {}
+                extra.update(generate_kwargs or {})
+                if cache is not None:
+                    extra["past_key_values"] = cache
+                if streamer is not None:
+                    extra["streamer"] = streamer(chunk)
+                if cancelled is not None:
+                    extra["stopping_criteria"] = _stop_rows(chunk, cancelled, *extra.get("stopping_criteria", ()))
+                out = model.generate(
+                    input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
+                    eos_token_id=tokenizer.eos_token_id, **sampling, **extra,
+                )  # [B, width + new]
+            ends = {*eos_ids, pad}  # rows that ended are padded
+            for row, i in enumerate(chunk):
+                new = out[row, width:].tolist()
+                results[i] = GeneratedText(tokenizer.decode(new, skip_special_tokens=True), _written(new, ends),
+                                           len(encoded[i]))
+        if keep:  # positions 0..keep-1 of the lone row's cache are its prompt's, as it would compute them alone
             store.put(keys[0], rows[0][:keep], prompt_layers(cache, 0, keep))
 
     def run_or_split(chunk: list[int], first: int) -> None:

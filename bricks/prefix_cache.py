@@ -24,8 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bricks.prefix_share import PrefixPlan
-from bricks.prompt_batches import left_padded
+from bricks.prefix_share import PrefixPlan, prefill_padded
 
 __all__ = ["PrefixCache", "PrefixCacheStats", "cacheable", "prefill_cached", "fill_cache", "prompt_layers"]
 
@@ -71,27 +70,25 @@ class PrefixCache:
     def get(self, key: str, ids: Sequence[int]) -> Layers | None:
         """The entry of exactly `ids` under `key`, or None (counted as a lookup)."""
         self.stats.lookups += 1
-        found = self._entries.get((key, tuple(ids)))
-        if found is None:
-            return None
-        self._entries.move_to_end((key, tuple(ids)))
-        self.stats.hits += 1
-        self.stats.hit_tokens += len(ids)
-        return found[0]
+        return self._hit((key, tuple(ids)))
 
     def longest(self, key: str, ids: Sequence[int], limit: int) -> tuple[int, Layers] | None:
         """(n, layers) of the longest stored prefix ids[:n] under `key` with n <= `limit`, or None."""
         self.stats.lookups += 1
         for n in sorted(self._lengths.get(key, ()), reverse=True):
-            if n > limit or n < 1:
-                continue
-            found = self._entries.get((key, tuple(ids[:n])))
-            if found is not None:
-                self._entries.move_to_end((key, tuple(ids[:n])))
-                self.stats.hits += 1
-                self.stats.hit_tokens += n
-                return n, found[0]
+            if 1 <= n <= limit and (found := self._hit((key, tuple(ids[:n])))) is not None:
+                return n, found
         return None
+
+    def _hit(self, entry: tuple[str, tuple[int, ...]]) -> Layers | None:
+        """The layers of `entry`, made the most recently used and counted as a hit, or None."""
+        found = self._entries.get(entry)
+        if found is None:
+            return None
+        self._entries.move_to_end(entry)
+        self.stats.hits += 1
+        self.stats.hit_tokens += len(entry[1])
+        return found[0]
 
     def put(self, key: str, ids: Sequence[int], layers: Layers) -> None:
         """Store a copy of `layers` (the KV of `ids` under `key`); evicts the least recently used beyond
@@ -168,13 +165,8 @@ def prefill_cached(model, encoded: Sequence[Sequence[int]], plan: PrefixPlan, ke
     todo = [g for g in range(n_groups) if g not in layers]
     if todo:
         width = max(plan.length[g] for g in todo)
-        ids, mask = left_padded([prefix[g] for g in todo], pad, width)
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers them: real tokens only
-        computed = DynamicCache(config=model.config)
-        with context([plan.rep[g] for g in todo]) if context is not None else contextlib.nullcontext():
-            model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=computed,
-                  use_cache=True, logits_to_keep=1)
+        scope = context([plan.rep[g] for g in todo]) if context is not None else contextlib.nullcontext()
+        computed = prefill_padded(model, [prefix[g] for g in todo], pad, width, device, scope)
         for j, g in enumerate(todo):
             n = plan.length[g]
             layers[g] = [(layer.keys[j:j + 1, :, width - n:], layer.values[j:j + 1, :, width - n:])

@@ -28,7 +28,8 @@ from typing import Any
 
 from bricks.prompt_batches import left_padded
 
-__all__ = ["PrefixPlan", "PrefixStats", "plan_prefixes", "shared_layout", "prefill_prefixes", "attention_window"]
+__all__ = ["PrefixPlan", "PrefixStats", "plan_prefixes", "shared_layout", "prefill_prefixes", "prefill_padded",
+           "attention_window"]
 
 
 @dataclass
@@ -138,16 +139,27 @@ def prefill_prefixes(model, encoded: Sequence[Sequence[int]], plan: PrefixPlan, 
     prefix computed once (left-padded to P, in `context(plan.rep)` when given: the groups' rows' LoRA and masks)
     and then copied to its rows. `cache`: an empty cache to fill (default: a new `DynamicCache`)."""
     import torch
+
+    prefixes = [encoded[r][:n] for r, n in zip(plan.rep, plan.length)]
+    scope = context(list(plan.rep)) if context is not None else contextlib.nullcontext()
+    cache = prefill_padded(model, prefixes, pad, plan.width, device, scope, cache)
+    cache.reorder_cache(torch.tensor(plan.group, dtype=torch.long, device=device))  # [groups] -> [rows]
+    return cache
+
+
+def prefill_padded(model, prefixes: Sequence[Sequence[int]], pad: int, width: int, device, scope, cache=None):
+    """One forward pass over `prefixes` left-padded to `width`, inside the context manager `scope`, positions
+    counting real tokens only (as generate numbers them); returns `cache` (default: a new `DynamicCache`) holding
+    their keys and values, [len(prefixes), heads, width, head_dim] per layer."""
     from transformers import DynamicCache
 
-    ids, mask = left_padded([encoded[r][:n] for r, n in zip(plan.rep, plan.length)], pad, plan.width)
+    ids, mask = left_padded(prefixes, pad, width)
     ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers them: real tokens only
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config) if cache is None else cache
-    with context(list(plan.rep)) if context is not None else contextlib.nullcontext():
+    with scope:
         model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
               logits_to_keep=1)
-    cache.reorder_cache(torch.tensor(plan.group, dtype=torch.long, device=device))  # [groups] -> [rows]
     return cache
 
 

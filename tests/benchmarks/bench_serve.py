@@ -36,6 +36,10 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))  # serve_process, as the tests import it
+
+from serve_process import descendants, free_port  # noqa: E402
+
 log = logging.getLogger("bench_serve")
 
 WORDS = ["planet", "garden", "silver", "window", "basket", "orange", "purple", "yellow", "candle", "forest", "bridge",
@@ -49,29 +53,9 @@ TASKS = [("brickwork", "Reverse the text.", lambda w: w[::-1]),
          ("brickwork", "Double every letter.", lambda w: "".join(c + c for c in w))]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _family(pid: int) -> list[int]:
     """`pid` and its descendants (the server's engine process)."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += parents.get(p, [])
-    return out
+    return [pid, *descendants(pid)]
 
 
 def _cpu_s(pid: int) -> float:
@@ -113,7 +97,7 @@ class RssSampler(threading.Thread):
 
 
 def start_server(args) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "orchestrator.cli", "serve", "--port", str(port), "--log-level", "warning",
            "--max-batch", str(args.max_batch), "--batch-wait-ms", str(args.batch_wait_ms), "--max-queue", "4096",
            "--executor", args.executor, "--concurrent-batches", str(args.concurrent_batches)]

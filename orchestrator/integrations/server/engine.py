@@ -52,15 +52,13 @@ class EngineSettings:
 @dataclass(frozen=True)
 class Snapshot:
     """What the front reads of the engine's orchestrator: its executor, whether seeds reproduce, the default
-    decoding, the bricks left out of routing, the library's stamp (it changed: the front reads it again) and the
-    prefix cache's hits."""
+    decoding, the bricks left out of routing, the library's folder and the prefix cache's hits."""
 
     executor: str
     seedable: bool
     decoding: Any
     excluded: frozenset[str]
     library: str
-    library_stamp: Any
     prefix_hits: int | None = None
     prefix_hit_tokens: int | None = None
 
@@ -115,13 +113,11 @@ def _packed(value: Any) -> Any:
 
 def snapshot_of(orc) -> Snapshot:
     from orchestrator.integrations.server.runner import supports_seed
-    from orchestrator.library_index import library_stamp
 
     planner = orc.planner
     stats = getattr(getattr(orc.executor, "prefix_cache", None), "stats", None)
     return Snapshot(executor=type(orc.executor).__name__, seedable=supports_seed(orc), decoding=planner.decoding,
                     excluded=frozenset(planner.excluded), library=str(planner.library.path),
-                    library_stamp=library_stamp(planner.library),
                     prefix_hits=getattr(stats, "hits", None), prefix_hit_tokens=getattr(stats, "hit_tokens", None))
 
 

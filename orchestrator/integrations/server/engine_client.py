@@ -180,18 +180,15 @@ class EngineView:
         return self.snapshot.seedable
 
     def follow(self, snapshot: Snapshot) -> None:
-        """Take the engine's latest snapshot; read the library again when the engine's changed."""
-        stamp_changed = snapshot.library_stamp != self.snapshot.library_stamp
+        """Take the engine's latest snapshot, and the library as it is on disk now (`Library.refresh` reads it
+        again only when it changed)."""
         self.snapshot = snapshot
         self.planner.excluded = snapshot.excluded
-        if stamp_changed and hasattr(self.planner.library, "refresh"):
-            self.planner.library.refresh()
+        self.planner.library.refresh()
 
     def _admin(self, op: str, *args: Any):
         _, value, snapshot = self._engine.call(("admin", op, args), "admin")
         self.follow(snapshot)
-        if hasattr(self.planner.library, "refresh"):
-            self.planner.library.refresh()
         if isinstance(value, PackedError):
             raise unpack_error(value)
         return None if value is None else SimpleNamespace(id=value[0], version=value[1])
@@ -210,12 +207,6 @@ class EngineView:
 
     def close(self) -> None:
         self._engine.close()
-
-    def __enter__(self) -> "EngineView":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def start_engine(config: ServerConfig, *, timeout: float = 900) -> EngineView:
