@@ -421,3 +421,33 @@ def test_runner_counts_the_tokens_the_model_wrote_where_the_executor_says():
     counted = Runner(FakeOrchestrator())([Job(instruction="task", input="abc")])[0]
     assert counted.completion_tokens == 3 and not counted.hit_length  # not said: the text is counted
     assert counted.prompt_tokens == 3  # no render, no tokenizer: the step's input in characters
+
+
+def test_a_caller_answered_early_and_back_before_its_batch_ended_is_not_waited_for_twice():
+    resubmitted = threading.Event()
+    calls = []
+
+    def process(jobs, done):
+        calls.append(list(jobs))
+        if jobs == ["first"]:
+            done(0, "first!")  # answered early: the caller sends its next job while this batch still runs
+            assert resubmitted.wait(5)
+        return [j + "!" for j in jobs]
+
+    async def main():
+        b = MicroBatcher(process, max_batch=8, wait_ms=2000, max_queue=8, early_results=True)
+        await b.start()
+        loop = asyncio.get_running_loop()
+        try:
+            first = await b.submit("first")
+            second = b.enqueue("second")
+            resubmitted.set()
+            t0 = loop.time()
+            return first, await second, loop.time() - t0
+        finally:
+            await b.stop()
+
+    first, second, second_s = run(main())
+    assert (first, second) == ("first!", "second!")
+    assert second_s < 1.0  # one caller: its next job is not held for wait_ms waiting for a second one
+    assert calls == [["first"], ["second"]]

@@ -9,7 +9,8 @@ fails only its own job. Up to `max_concurrent` batches run at once (1 for an exe
 more where calls share the engine's running batches, as vLLM's do); while they run, new jobs queue and form the
 next batch. A batch is the first waiting job plus whatever else is waiting, and then what arrives
 within `wait_ms`, up to `max_batch`, while the batch is smaller than the clients seen: the jobs of the last batch
-(their callers may be about to send their next ones) plus those that were already waiting when it ended. A lone
+(their callers may be about to send their next ones) plus those that were already waiting when it ended, less
+the callers it answered early (their next jobs may be among those waiting). A lone
 caller's job therefore runs at once, and under load the waves of callers merge into full batches. A job whose
 caller went away (its future cancelled) before its batch formed is never run; one cancelled while its batch runs
 has its result dropped, and with `tell_gone` the batch function is told (`process(jobs, gone=...)`, `gone(i)`)
@@ -202,7 +203,8 @@ class MicroBatcher(Generic[J]):
             log.exception("a batch of %d jobs failed", len(live))
             results = [e] * len(live)
         busy = time.perf_counter() - t0
-        self._expected = len(live) + len(self._items)
+        early = sum(item.early for item in live)  # callers answered early may already wait again: counted once
+        self._expected = len(live) + max(0, len(self._items) - early)
         self.stats.batches += 1
         self.stats.jobs += len(live)
         self.stats.largest = max(self.stats.largest, len(live))
