@@ -26,10 +26,11 @@ Imports only torch: the GPU benchmark loads this file on a machine without the r
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-__all__ = ["MultiLora", "UnsupportedMixedLoraError", "mixed_lora_pass", "MODES"]
+__all__ = ["MultiLora", "UnsupportedMixedLoraError", "mixed_lora_pass", "row_subset", "MODES"]
 
 MODES = ("auto", "stacked", "gather")
 
@@ -197,20 +198,55 @@ def _gather_forward(layer, stack: _Stack, slots):
     return _forward(layer, n, live, delta)
 
 
+_subset = threading.local()  # .rows: the batch rows [M] that calls see inside `row_subset`, .at: their positions
+
+
+@contextlib.contextmanager
+def row_subset(rows, memo: dict | None = None) -> Iterator[None]:
+    """Within the block (this thread), a LoRA layer called with `len(rows)` rows gets rows `rows` of its pass's
+    batch ([M] increasing batch row numbers, on the layers' device): the part of a batch that runs apart from
+    the rest (bricks.emergent.row_masks: the rows whose FFN is not compacted). Every row with an adapter must be
+    in `rows`. `memo`: a dict kept by the caller while `rows` stays the same, where the layers keep their rows'
+    positions from one call to the next."""
+    saved = getattr(_subset, "rows", None), getattr(_subset, "at", None)
+    _subset.rows, _subset.at = rows, memo if memo is not None else {}
+    try:
+        yield
+    finally:
+        _subset.rows, _subset.at = saved
+
+
+def _positions(m: int, n: int, live):
+    """Where the rows with an adapter (`live` [K] of a batch of n) are in the active `row_subset` of m rows."""
+    import torch
+
+    rows = getattr(_subset, "rows", None)
+    if rows is None or rows.numel() != m or live is None:
+        raise UnsupportedMixedLoraError(f"a batch of {m} rows, but adapters were given for {n}")
+    at = _subset.at.get(id(live))
+    if at is None:
+        at = torch.searchsorted(rows, live)  # [K]
+        if bool((at >= m).any()) or not bool((rows[at.clamp(max=m - 1)] == live).all()):
+            raise UnsupportedMixedLoraError(f"a part of {m} rows of a batch of {n} leaves out rows with an adapter")
+        _subset.at[id(live)] = at
+    return at
+
+
 def _forward(layer, n: int, live, delta):
-    """base(x) plus `delta` of the rows that have an adapter (all rows when `live` is None)."""
+    """base(x) plus `delta` of the rows that have an adapter (all rows when `live` is None); inside a
+    `row_subset`, x may hold only those rows of the batch."""
 
     def forward(x, *args, **kwargs):
-        result = layer.base_layer(x, *args, **kwargs)  # [N, T, out]
-        if x.shape[0] != n:
-            raise UnsupportedMixedLoraError(f"a batch of {x.shape[0]} rows, but adapters were given for {n}")
-        h = x.reshape(n, -1, x.shape[-1])  # [N, T, in]
-        if live is None:
+        result = layer.base_layer(x, *args, **kwargs)  # [N, T, out] (or [M, T, out], a row_subset)
+        m = x.shape[0]
+        at = live if m == n else _positions(m, n, live)
+        h = x.reshape(m, -1, x.shape[-1])  # [M, T, in]
+        if at is None:
             return result + delta(h).reshape(result.shape).to(result.dtype)
-        if live.numel() == 0:
+        if at.numel() == 0:
             return result
-        out = result.reshape(n, -1, result.shape[-1])
-        return out.index_add(0, live, delta(h[live]).to(result.dtype)).reshape(result.shape)
+        out = result.reshape(m, -1, result.shape[-1])
+        return out.index_add(0, at, delta(h[at]).to(result.dtype)).reshape(result.shape)
 
     return forward
 

@@ -69,13 +69,16 @@ def _merged_name(lora_key: str) -> str:
 class TransformersExecutor:
     """Runs requests on a transformers model: the requests of a call that share a decoding run as one batch (one
     pass over stacked adapters and per-row masks when they use several brick configurations of fewer than
-    `mixed_group_rows` requests each on average; `mixed_batches=False` runs one batch per configuration). A mask-only configuration alone runs as compact FFN matrices (built once per
-    mask, kept in a cache of at most `compact_cache_bytes`); `fast_decode` (bricks.fast_decode.FastDecode) adds a
+    `mixed_group_rows` requests each on average; `mixed_batches=False` runs one batch per configuration). A
+    mask-only configuration alone runs as compact FFN matrices (built once per mask, kept in a cache of at most
+    `compact_cache_bytes`); so do, in a one-pass batch's prompts, the rows of a mask-only configuration that two
+    rows or more share (`bricks.emergent.row_masks`). `fast_decode` (bricks.fast_decode.FastDecode) adds a
     static KV cache and a compiled decode step, on a GPU by default. With `share_prefixes`, rows of a batch with
     the same configuration whose prompts start alike compute that start once (`bricks.prefix_share`; dynamic KV
     cache only), and those shared starts, and a lone prompt's first whole blocks, are kept across calls in a
-    store of at most `prefix_cache_bytes` (`bricks.prefix_cache`; 0: off; cleared when adapters change). With `lean_decode`, batches run a loop whose finished rows leave the batch and whose KV cache
-    grows in place (`bricks.lean_decode`: greedy, the same tokens as `generate`, which runs whatever it cannot).
+    store of at most `prefix_cache_bytes` (`bricks.prefix_cache`; 0: off; cleared when adapters change). With
+    `lean_decode`, batches run a loop whose finished rows leave the batch and whose KV cache grows in place
+    (`bricks.lean_decode`: greedy, the same tokens as `generate`, which runs whatever it cannot).
 
     LoRA bricks are loaded into one PeftModel on first use and kept; several bricks in one step are combined
     with PEFT's `add_weighted_adapter` (cat, svd, linear, ties, dare_linear, dare_ties, ...), and the combined
@@ -344,7 +347,9 @@ class TransformersExecutor:
                 if stack is not None:
                     ctx.enter_context(stack.pass_for([adapters[i] for i in chunk]))
                 if any(m is not None for m in masks):
-                    ctx.enter_context(row_masks(self.model, [masks[i] for i in chunk], [modes[i] for i in chunk]))
+                    ctx.enter_context(row_masks(self.model, [masks[i] for i in chunk], [modes[i] for i in chunk],
+                                                compact=[adapters[i] is None for i in chunk] if self.compact else None,
+                                                cache=self.compact_cache))
                 yield
 
         # not compiled: the per-row tensors are made per batch (and masks are hooks, which a compiled step ignores)

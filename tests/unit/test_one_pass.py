@@ -1,6 +1,8 @@
 """One-pass mixed batches: stacked multi-LoRA (bricks.lora.multi) and per-row neuron masks (bricks.emergent.row_masks)
 give each row what running it alone with its adapter or mask gives."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -119,3 +121,70 @@ def test_row_masks_refuse_a_mask_that_does_not_fit():
     with pytest.raises(ConfigError, match="row 1: mask for layer 5"):
         with row_masks(model, [None, {5: torch.ones(48, dtype=torch.bool)}], ["keep", "keep"]):
             pass
+
+
+IDS6 = torch.tensor([[1, 5, 9, 3, 7], [2, 4, 6, 8, 10], [11, 3, 5, 2, 1], [9, 9, 4, 4, 1], [3, 1, 4, 1, 5],
+                     [2, 7, 1, 8, 2]])  # [6, 5]
+
+
+def test_compact_rows_with_adapters_and_masks_equal_each_row_alone():
+    from bricks.emergent.compact_cache import CompactCache
+
+    peft = _peft(_tiny(), SPECS)
+    g = torch.Generator().manual_seed(2)
+    m1 = {0: torch.rand(48, generator=g) < 0.3, 1: torch.rand(48, generator=g) < 0.5}
+    m2 = {1: torch.rand(48, generator=g) < 0.2}  # layer 0: its rows run dense
+    adapters = [None, "b", None, None, "a", None]
+    masks, modes = [m1, m1, m2, m1, None, m2], ["keep", "keep", "ablate", "keep", "keep", "ablate"]
+    cache = CompactCache()
+    compact = [a is None for a in adapters]  # row 1 has m1 and an adapter: dense, masked
+    with torch.no_grad(), peft.disable_adapter():
+        with mixed_lora_pass(peft, adapters), row_masks(peft, masks, modes, compact=compact, cache=cache):
+            mixed = peft(input_ids=IDS6).logits  # [6, 5, V]: prompts run compact
+            step = peft(input_ids=IDS6[:, :1]).logits  # one token a row: every row dense, masked
+        assert cache.stats.builds == 2  # m1's and m2's compact matrices
+        with mixed_lora_pass(peft, adapters), row_masks(peft, masks, modes):
+            masked = peft(input_ids=IDS6).logits
+    for i in range(6):
+        with torch.no_grad(), contextlib.ExitStack() as ctx:
+            if adapters[i] is None:
+                ctx.enter_context(peft.disable_adapter())
+            else:
+                peft.set_adapter(adapters[i])
+            if masks[i] is not None:
+                ctx.enter_context(apply_masks(peft, masks[i], modes[i]))
+            alone = peft(input_ids=IDS6[i : i + 1]).logits[0]
+            first = peft(input_ids=IDS6[i : i + 1, :1]).logits[0]
+        torch.testing.assert_close(mixed[i], alone, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(step[i], first, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(mixed, masked, rtol=1e-4, atol=1e-5)
+    assert "forward" not in peft.base_model.model.model.layers[0].mlp.__dict__  # put back
+
+
+def test_a_lone_row_of_a_mask_runs_masked_and_flags_must_match_the_rows():
+    model = _tiny()
+    m1 = {0: torch.arange(48) % 3 == 0}
+    rows, modes = [m1, None, None, None], ["keep"] * 4
+    with torch.no_grad(), row_masks(model, rows, modes, compact=[True] * 4):
+        assert "forward" not in model.model.layers[0].mlp.__dict__  # one row of m1: below min_rows
+        model(input_ids=IDS)
+    with pytest.raises(ConfigError, match="4 row masks but 3 compact flags"):
+        with row_masks(model, rows, modes, compact=[True] * 3):
+            pass
+
+
+def test_a_row_subset_must_hold_every_row_with_an_adapter():
+    from bricks.lora.multi import row_subset
+
+    peft = _peft(_tiny(), SPECS)
+    q = peft.base_model.model.model.layers[0].self_attn.q_proj
+    x = torch.randn(4, 5, 32)
+    with torch.no_grad(), peft.disable_adapter(), mixed_lora_pass(peft, ["a", None, None, "b"]):
+        whole = q(x)
+        with row_subset(torch.tensor([0, 2, 3])):
+            part = q(x[[0, 2, 3]])
+        with row_subset(torch.tensor([0, 1, 2])), pytest.raises(UnsupportedMixedLoraError, match="leaves out rows"):
+            q(x[[0, 1, 2]])
+        with pytest.raises(UnsupportedMixedLoraError, match="a batch of 3 rows"):
+            q(x[[0, 2, 3]])  # no subset given
+    torch.testing.assert_close(part, whole[[0, 2, 3]], rtol=1e-5, atol=1e-6)
