@@ -127,12 +127,14 @@ def row_masks(model, rows: Sequence[Masks | None], modes: Sequence[str], *, comp
                     if layer in k:
                         scale[i] = k[layer].float()
                 scale = scale.to(device).unsqueeze(1)
-                scales = {n: scale} if not alone else {n: scale, len(dense): scale[torch.tensor(dense, device=device)]}
+                scales = {n: scale}
+                if alone and dense:
+                    scales[len(dense)] = scale[torch.tensor(dense, dtype=torch.long, device=device)]
                 handles.append(down.register_forward_pre_hook(_scaling(scales, layer)))
             if alone:
                 mlp = layout.mlps[layer]
                 parts = [(torch.tensor(g, device=device), ffn) for g, ffn in apart[layer]]
-                rows_dense = torch.tensor(dense, device=device) if dense else None
+                rows_dense = torch.tensor(dense, dtype=torch.long, device=device) if dense else None
                 saved.append((mlp, mlp.__dict__.get("forward")))
                 mlp.forward = _GroupedFfn(mlp.forward, n, rows_dense, parts, layer, min_tokens)
         yield

@@ -208,6 +208,13 @@ async def streaming(url: str, requests: int) -> dict:
             "earlier": sum(f < t * 0.9 for f, t in zip(first, total))}
 
 
+def warm_up(url: str) -> None:
+    """Requests until the server is in its steady state: adapters loaded, merges and prefixes cached, and its
+    garbage collector's second freeze done (after `ServerConfig.gc_freeze_after_batches`, 20), which would
+    otherwise stop the first level measured for ~0.1 s."""
+    asyncio.run(level(url, 4, 120, 60))
+
+
 def ceiling(tasks: list, rows: int = 320, threads: int | None = None) -> tuple[float, float]:
     """Rows/s of the same tasks run by an Orchestrator in this process, one at a time and 32 at a time, with the
     server's torch threads."""
@@ -271,7 +278,7 @@ def main() -> None:
     sampler.start()
     try:
         rss_start = _rss_mib(proc.pid)
-        asyncio.run(level(url, 4, 40, 60))  # warm-up: adapters loaded, merges cached
+        warm_up(url)
         rss_warm = _rss_mib(proc.pid)
         tasks = TASKS if args.tasks == "mixed" else TASKS[:1]
         runs = [[asyncio.run(level(url, c, max(args.requests, c), args.time_limit, tasks, proc.pid))
@@ -314,7 +321,7 @@ def main() -> None:
         other = argparse.Namespace(**{**vars(args), "concurrent_batches": n})
         proc, url = start_server(other)
         try:
-            asyncio.run(level(url, 4, 40, 60))
+            warm_up(url)
             r = asyncio.run(level(url, clients, max(args.requests, clients), args.time_limit,
                                   TASKS if args.tasks == "mixed" else TASKS[:1]))
         finally:
@@ -326,7 +333,7 @@ def main() -> None:
         other = argparse.Namespace(**{**vars(args), "engine_process": not args.engine_process})
         proc, url = start_server(other)
         try:
-            asyncio.run(level(url, 4, 40, 60))
+            warm_up(url)
             tasks = TASKS if args.tasks == "mixed" else TASKS[:1]
             alone = [[asyncio.run(level(url, c, max(args.requests, c), args.time_limit, tasks, proc.pid))
                       for c in args.clients] for _ in range(max(1, args.repeat))]

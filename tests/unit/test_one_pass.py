@@ -188,3 +188,15 @@ def test_a_row_subset_must_hold_every_row_with_an_adapter():
         with pytest.raises(UnsupportedMixedLoraError, match="a batch of 3 rows"):
             q(x[[0, 2, 3]])  # no subset given
     torch.testing.assert_close(part, whole[[0, 2, 3]], rtol=1e-5, atol=1e-6)
+
+
+def test_a_batch_of_one_mask_runs_all_its_rows_compact():
+    model = _tiny()
+    m1 = {0: torch.arange(48) % 3 == 0, 1: torch.arange(48) % 2 == 0}
+    with torch.no_grad():
+        with row_masks(model, [m1] * 4, ["keep"] * 4, compact=[True] * 4):
+            compact = model(input_ids=IDS).logits
+            step = model(input_ids=IDS[:, :1]).logits
+        with apply_masks(model, m1, "keep"):
+            torch.testing.assert_close(compact, model(input_ids=IDS).logits, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(step, model(input_ids=IDS[:, :1]).logits, rtol=1e-4, atol=1e-5)
