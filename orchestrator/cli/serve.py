@@ -25,7 +25,7 @@ def serve(model: Optional[Path] = ModelOpt, library: Optional[Path] = LibraryOpt
           admin_folder: Optional[Path] = typer.Option(
               None, "--admin-folder", help="The only folder /admin/bricks may take brick folders from."),
           max_batch: int = typer.Option(32, "--max-batch", help="Requests that share one executor run, at most."),
-          batch_wait_ms: float = typer.Option(5.0, "--batch-wait-ms", help="How long a batch waits for more requests."),
+          batch_wait_ms: float = typer.Option(10.0, "--batch-wait-ms", help="How long a batch waits for more requests."),
           concurrent_batches: int = typer.Option(4, "--concurrent-batches",
                                                  help="Batches running at once on vLLM (joining its running batches)."),
           max_queue: int = typer.Option(256, "--max-queue", help="Waiting requests beyond this get 429."),

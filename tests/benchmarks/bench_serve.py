@@ -246,7 +246,7 @@ def main() -> None:
     parser.add_argument("--executor", choices=["transformers", "vllm"], default="transformers")
     parser.add_argument("--concurrent-batches", type=int, default=4,
                         help="Batches running at once on vLLM (the transformers executor runs one at a time).")
-    parser.add_argument("--batch-wait-ms", type=float, default=5.0)
+    parser.add_argument("--batch-wait-ms", type=float, default=10.0)
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="The server's torch CPU threads (default: the server's own, all cores but one).")
     parser.add_argument("--time-limit", type=float, default=90.0, help="Seconds per level, at most.")

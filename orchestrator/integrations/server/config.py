@@ -39,8 +39,10 @@ class ServerConfig(BaseModel):
     """The only folder whose brick folders /admin/bricks may add or update from (None: admin endpoints are off)."""
     max_batch: int = Field(default=32, ge=1, le=4096)
     """At most this many requests share one executor run."""
-    batch_wait_ms: float = Field(default=5.0, ge=0.0, le=10_000.0)
-    """How long the first request of a batch waits for others to join it."""
+    batch_wait_ms: float = Field(default=10.0, ge=0.0, le=10_000.0)
+    """How long the first request of a batch waits for the callers seen around the last batch to join it (a lone
+    caller never waits). Toy world, 32 clients on 2 cores: 10 ms against 5 gave batches of 30.8 against 27.0
+    requests, 4.7 % more requests/s and a p99 of 129 against 173 ms; 8 clients, 5 % fewer requests/s."""
     concurrent_batches: int = Field(default=4, ge=1, le=64)
     """Batches running at once when the executor runs calls concurrently (vLLM: their requests join the engine's
     running batches); the transformers executor runs one at a time whatever this says."""
