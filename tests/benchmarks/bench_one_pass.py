@@ -5,13 +5,17 @@
 Makes `--requests` requests over the library's configurations (base model, each LoRA brick, each emergent
 ffn_mask brick, and LoRA + mask), shuffled, and sends them to the transformers executor in calls of B requests,
 once with one-pass mixed batches (stacked LoRA and per-row masks) and once grouped (one `generate` per
-configuration; mask-only groups compact), in one process, one after the other, best of `--repeat`. Prints
-requests/s of each, the ratio, and whether the outputs are equal.
+configuration; mask-only groups compact), in one process, one after the other, best of `--repeat`; and once
+more one-pass with every masked row masked (`row_masks` without `compact`: what running the prompts of rows that
+share a mask on its compact FFN matrices gains). Prints requests/s of each, the ratios, and whether the outputs
+are equal.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import random
 import time
 
@@ -32,6 +36,19 @@ def _requests(n: int, library, seed: int = 0):
     d = Decoding(max_new_tokens=16)
     return [GenerationRequest(DEFAULT_TEMPLATE.render("Reverse the text.", rng.choice(words)), rng.choice(configs), d)
             for _ in range(n)], len(configs)
+
+
+@contextlib.contextmanager
+def _rows_masked():
+    """One-pass batches whose masked rows all run the whole FFN, masked (no compact parts)."""
+    import bricks.emergent.row_masks as rm
+
+    original = rm.row_masks
+    rm.row_masks = functools.partial(original, compact=None)  # the executor imports it on each call
+    try:
+        yield
+    finally:
+        rm.row_masks = original
 
 
 def _run(executor, requests, batch: int) -> tuple[float, list[str]]:
@@ -59,16 +76,20 @@ def main() -> None:
     grouped = TransformersExecutor(world_model_dir(), library, mixed_batches=False)
     one.generate(requests[:64]), grouped.generate(requests[:64])  # load and merge every brick once
     print(f"{len(requests)} requests over {n_configs} brick configurations, max_new_tokens 16")
-    print(f"{'batch':>6} {'one-pass req/s':>15} {'grouped req/s':>14} {'ratio':>7}  same outputs")
+    print(f"{'batch':>6} {'one-pass req/s':>15} {'grouped req/s':>14} {'ratio':>7} {'all masked req/s':>17} "
+          f"{'ratio':>7}  same outputs")
     for batch in args.batches:
-        best_one = best_grouped = float("inf")
+        best_one = best_grouped = best_masked = float("inf")
         for _ in range(args.repeat):
             t1, out1 = _run(one, requests, batch)
             t2, out2 = _run(grouped, requests, batch)
-            best_one, best_grouped = min(best_one, t1), min(best_grouped, t2)
+            with _rows_masked():
+                t3, out3 = _run(one, requests, batch)
+            best_one, best_grouped, best_masked = min(best_one, t1), min(best_grouped, t2), min(best_masked, t3)
         n = len(requests)
-        print(f"{batch:>6} {n / best_one:>15.1f} {n / best_grouped:>14.1f} {best_grouped / best_one:>6.2f}x  "
-              f"{out1 == out2} ({sum(a == b for a, b in zip(out1, out2))}/{n})")
+        print(f"{batch:>6} {n / best_one:>15.1f} {n / best_grouped:>14.1f} {best_grouped / best_one:>6.2f}x "
+              f"{n / best_masked:>17.1f} {best_masked / best_one:>6.2f}x  {out1 == out2 == out3} "
+              f"({sum(a == b for a, b in zip(out1, out2))}/{n}, {sum(a == b for a, b in zip(out1, out3))}/{n})")
 
 
 if __name__ == "__main__":
